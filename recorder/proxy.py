@@ -1,0 +1,292 @@
+"""``rtcap proxy``: a recording reverse proxy for any WebSocket client.
+
+Each client connection is relayed to the upstream URL and recorded as one session. The
+upstream handshake happens inside the client's handshake, so what the upstream says
+(its subprotocol, its headers, or its rejection with status and body) is what the
+client gets. Every message is recorded before it is forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.http11 import Request, Response
+
+from .capture import RECEIVED, SENT
+from .redact import Redactor
+from .session import SessionRecorder, new_session_id, now_ns, open_sink
+
+# Headers that belong to one hop of the connection, regenerated on each leg.
+HOP_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "content-length",
+        "sec-websocket-key",
+        "sec-websocket-accept",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
+)
+DEFAULT_PORT = 8765
+
+
+def upstream_url(upstream: str, path: str) -> str:
+    """The app's request path appended to the upstream's path, queries merged (the app's win)."""
+    base = urlsplit(upstream)
+    app_path, _, app_query = path.partition("?")
+    if app_path in ("", "/"):
+        joined = base.path or "/"
+    else:
+        joined = base.path.rstrip("/") + app_path
+    app_items = [item for item in app_query.split("&") if item]
+    app_names = {unquote_plus(item.partition("=")[0]) for item in app_items}
+    kept = [item for item in base.query.split("&") if item and unquote_plus(item.partition("=")[0]) not in app_names]
+    return urlunsplit((base.scheme, base.netloc, joined, "&".join(kept + app_items), ""))
+
+
+def parse_listen(listen: str, default_port: int) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, ``HOST`` or ``:PORT``; raises ``ValueError``."""
+    host, port = listen, str(default_port)
+    if listen.startswith("["):
+        host, _, rest = listen[1:].partition("]")
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif listen.count(":") == 1:
+        host, port = listen.split(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"bad --listen {listen!r}: expected HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
+def ws_url(host: str, port: int) -> str:
+    """The ws:// URL a server listening on ``host:port`` is reached at."""
+    return f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
+
+
+@dataclass
+class _Leg:
+    """What ``process_request`` learned about one client's session."""
+
+    recorder: SessionRecorder
+    upstream: ClientConnection
+    offered: list[str] = field(default_factory=list)
+
+
+class RecordingProxy:
+    """Relays WebSocket clients to ``upstream`` and records each connection."""
+
+    def __init__(
+        self,
+        upstream: str,
+        captures: Path,
+        *,
+        labels: Mapping[str, str] | None = None,
+        audio: bool = True,
+        redactor: Redactor | None = None,
+        log: Callable[[str], None] | None = None,
+        open_timeout: float = 10,
+    ) -> None:
+        self.upstream = upstream
+        self.captures = captures
+        self.labels = dict(labels or {})
+        self.audio = audio
+        self.redactor = redactor or Redactor()
+        self.log = log or (lambda line: print(line, flush=True))
+        self.open_timeout = open_timeout
+
+    def serve(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> Any:
+        """The websockets server (an async context manager) listening on ``host:port``."""
+        return serve(
+            self._relay,
+            host,
+            port,
+            process_request=self._connect_upstream,
+            process_response=self._forward_response_headers,
+            select_subprotocol=self._select_subprotocol,
+            server_header=None,
+            max_size=None,
+            compression=None,
+        )
+
+    def _recorder(self, request: Request, url: str) -> SessionRecorder:
+        session_id = new_session_id()
+        return SessionRecorder(
+            open_sink(self.captures, session_id),
+            session_id=session_id,
+            url=url,
+            request_headers=request.headers.raw_items(),
+            recorder="proxy",
+            labels=self.labels,
+            audio=self.audio,
+            redactor=self.redactor,
+        )
+
+    async def _connect_upstream(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = upstream_url(self.upstream, request.path)
+        offered = [p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")]
+        offered = [p for p in offered if p]
+        headers = [(k, v) for k, v in request.headers.raw_items() if k.lower() not in HOP_HEADERS]
+        recorder = self._recorder(request, url)
+        try:
+            upstream = await connect(
+                url,
+                additional_headers=headers,
+                subprotocols=offered or None,  # type: ignore[arg-type]
+                user_agent_header=None,
+                max_size=None,
+                compression=None,
+                open_timeout=self.open_timeout,
+            )
+        except InvalidStatus as e:
+            rejected = e.response
+            recorder.start(now_ns(), status=rejected.status_code, response_headers=rejected.headers.raw_items(), subprotocols=offered)
+            body = rejected.body.decode(errors="replace").strip()
+            recorder.end(now_ns(), closed_by="server", error=f"upstream rejected the handshake: HTTP {rejected.status_code} {body}")
+            self.log(f"session {recorder.session_id} rejected by upstream: HTTP {rejected.status_code}")
+            response = connection.respond(rejected.status_code, "")
+            response.reason_phrase = rejected.reason_phrase
+            response.headers = _forwardable(rejected.headers)
+            response.headers["Content-Length"] = str(len(rejected.body))
+            response.headers["Connection"] = "close"
+            response.body = rejected.body
+            return response
+        except (OSError, InvalidHandshake, asyncio.TimeoutError) as e:
+            error = f"upstream unreachable: {type(e).__name__}: {e}"
+            recorder.start(now_ns(), status=None, subprotocols=offered)
+            recorder.end(now_ns(), closed_by="rtcap", error=error)
+            self.log(f"session {recorder.session_id} failed: {error}")
+            return connection.respond(502, f"rtcap proxy: {error}\n")
+        connection.rtcap_leg = _Leg(recorder, upstream, offered)  # type: ignore[attr-defined]
+        return None
+
+    @staticmethod
+    def _select_subprotocol(connection: ServerConnection, offered: Any) -> str | None:
+        leg: _Leg = connection.rtcap_leg  # type: ignore[attr-defined]
+        return leg.upstream.subprotocol
+
+    @staticmethod
+    def _forward_response_headers(connection: ServerConnection, request: Request, response: Response) -> None:
+        leg: _Leg | None = getattr(connection, "rtcap_leg", None)
+        if leg is None or response.status_code != 101 or leg.upstream.response is None:
+            return
+        for name, value in _forwardable(leg.upstream.response.headers).raw_items():
+            if name.lower() not in ("date",):
+                response.headers[name] = value
+
+    async def _relay(self, client: ServerConnection) -> None:
+        leg: _Leg = client.rtcap_leg  # type: ignore[attr-defined]
+        upstream, recorder = leg.upstream, leg.recorder
+        upstream_response = upstream.response.headers.raw_items() if upstream.response else ()
+        recorder.start(now_ns(), response_headers=upstream_response, subprotocol=upstream.subprotocol, subprotocols=leg.offered)
+        self.log(f"session {recorder.session_id} opened: {client.request.path if client.request else ''}")
+        pumps = {
+            asyncio.ensure_future(_pump(client, upstream, SENT, recorder)): (client, upstream, "client"),
+            asyncio.ensure_future(_pump(upstream, client, RECEIVED, recorder)): (upstream, client, "server"),
+        }
+        ended = None
+        try:
+            pending = set(pumps)
+            while ended is None and pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.result():
+                        ended = pumps[task]
+                        break
+            assert ended is not None
+            closed, other, side = ended
+            closed_by, code, reason = _who_closed(closed, side)
+            await _mirror_close(other, code, reason)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
+        finally:
+            for task in pumps:
+                task.cancel()
+            if ended is None:
+                closed_by, code, reason = "rtcap", 1001, "rtcap proxy stopped"
+                upstream.transport.abort()
+            recorder.end(now_ns(), closed_by=closed_by, code=code, reason=reason)
+            self.log(f"session {recorder.session_id} closed by {closed_by} ({code} {reason}); {recorder.seq} messages")
+
+
+async def _pump(src: Any, dst: Any, direction: int, recorder: SessionRecorder) -> bool:
+    """Relay ``src`` to ``dst``, recording each message first. True when ``src`` ended,
+    False when ``dst`` could no longer be written (its own pump will say why)."""
+    try:
+        async for message in src:
+            recorder.message(direction, message, now_ns())
+            try:
+                await dst.send(message)
+            except ConnectionClosed:
+                return False
+    except ConnectionClosed:
+        pass
+    return True
+
+
+def _who_closed(connection: Any, peer: str) -> tuple[str, int, str]:
+    """Who ended a closed connection, with the close code and reason (1006 for a drop)."""
+    protocol = connection.protocol
+    rcvd, sent = protocol.close_rcvd, protocol.close_sent
+    if rcvd is not None and (sent is None or protocol.close_rcvd_then_sent):
+        return peer, rcvd.code, rcvd.reason
+    if sent is not None:
+        return "rtcap", sent.code, sent.reason
+    return peer, 1006, ""
+
+
+async def _mirror_close(connection: Any, code: int, reason: str) -> None:
+    """Close ``connection`` the way the other leg was closed."""
+    if code == 1006:
+        connection.transport.abort()
+        return
+    with contextlib.suppress(ConnectionClosed):
+        await connection.close(None if code == 1005 else code, reason)  # type: ignore[arg-type]
+
+
+def _forwardable(headers: Headers) -> Headers:
+    return Headers([(k, v) for k, v in headers.raw_items() if k.lower() not in HOP_HEADERS])
+
+
+async def run_proxy(
+    proxy: RecordingProxy,
+    host: str,
+    port: int,
+    *,
+    ready: Callable[[str], None] | None = None,
+    stop: asyncio.Future[None] | None = None,
+) -> None:
+    """Serve until ``stop`` resolves or SIGINT/SIGTERM; ``ready`` gets the first line."""
+    loop = asyncio.get_running_loop()
+    stop = stop or loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    async with proxy.serve(host, port) as server:
+        bound = _bound_address(server)
+        line = f"rtcap proxy: {ws_url(*bound)} -> {proxy.redactor.redact_url(proxy.upstream)[0]}"
+        (ready or (lambda text: print(text, flush=True)))(line)
+        await stop
+
+
+def _bound_address(server: Server) -> tuple[str, int]:
+    sockname = next(iter(server.sockets)).getsockname()
+    return sockname[0], sockname[1]

@@ -1,0 +1,346 @@
+"""What happens on one recorded connection, as plain code.
+
+:class:`SessionRecorder` numbers messages, times them, redacts them, cuts their audio
+out and hands framed records to a sink. Every method takes the time as an argument, so
+a test can drive a whole recording without a socket or a clock; the proxy, the shim,
+replay and serve are thin loops that feed it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import __version__
+from .capture import (
+    AUDIO_DROPPED,
+    BINARY,
+    RECEIVED,
+    REDACTED,
+    SENT,
+    TEXT,
+    CaptureWriter,
+    end_record,
+    header_record,
+    message_record,
+)
+from .redact import Redactor, Scrubber
+
+_B32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+# Silence for each audio format, as a byte to repeat (PCM16 silence is zeros).
+_SILENCE = {"g711_ulaw": 0xFF, "audio/pcmu": 0xFF, "g711_alaw": 0xD5, "audio/pcma": 0xD5}
+
+
+def new_session_id(now: dt.datetime | None = None) -> str:
+    """A session id: sortable by start time, unique, safe as a file name."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    suffix = "".join(_B32[b & 31] for b in secrets.token_bytes(8))
+    return f"{now.astimezone(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}-{suffix}"
+
+
+def capture_path(captures: Path, session_id: str) -> Path:
+    """Where a session's capture file lives: ``<captures>/<YYYY-MM-DD>/<id>.msgpack``."""
+    day = f"{session_id[0:4]}-{session_id[4:6]}-{session_id[6:8]}"
+    return captures / day / f"{session_id}.msgpack"
+
+
+def parse_labels(pairs: Iterable[str], env: str | None = None) -> dict[str, str]:
+    """Labels from ``RTCAP_LABELS`` (``k=v,k2=v2``) overridden by ``--label K=V`` pairs.
+    Raises ``ValueError`` naming the first malformed label."""
+    labels: dict[str, str] = {}
+    env = os.environ.get("RTCAP_LABELS", "") if env is None else env
+    for source in ([p for p in env.split(",") if p.strip()], list(pairs)):
+        for pair in source:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"malformed label {pair!r}: expected KEY=VALUE")
+            labels[key.strip()] = value.strip()
+    return labels
+
+
+class Sink(Protocol):
+    """Where framed records go: a :class:`CaptureWriter`, or a list in tests."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Warnings:
+    """Prints each distinct warning once per process, to stderr."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self._seen: set[str] = set()
+        self._stream = stream
+
+    def __call__(self, message: str) -> None:
+        if message not in self._seen:
+            self._seen.add(message)
+            print(f"rtcap: warning: {message}", file=self._stream or sys.stderr, flush=True)
+
+
+warn = Warnings()
+
+
+def open_sink(captures: Path, session_id: str, on_error: Callable[[str], None] = warn) -> Sink | None:
+    """Create the capture file for a session; on failure, warn once and return ``None``."""
+    path = capture_path(captures, session_id)
+    try:
+        return CaptureWriter(path)
+    except OSError as e:
+        on_error(f"cannot write captures to {path.parent}: {e.strerror or e}; traffic is relayed but not recorded")
+        return None
+
+
+class SessionRecorder:
+    """Turns one connection's handshake, messages and close into capture records.
+
+    ``start`` writes the header (time zero is then), ``message`` one record per message
+    and ``end`` the end record. If the sink fails, the session goes on unrecorded: one
+    warning, and an attempt to mark the capture incomplete at the end.
+    """
+
+    def __init__(
+        self,
+        sink: Sink | None,
+        *,
+        session_id: str,
+        url: str,
+        request_headers: Iterable[tuple[str, str]],
+        recorder: str,
+        labels: Mapping[str, str] | None = None,
+        audio: bool = True,
+        redactor: Redactor | None = None,
+        replay_of: str | None = None,
+        on_error: Callable[[str], None] = warn,
+    ) -> None:
+        self.session_id = session_id
+        self.sink = sink
+        self.audio = audio
+        self.labels = dict(labels or {})
+        self.replay_of = replay_of
+        self.recorder = recorder
+        self.redactor = redactor or Redactor()
+        self.url, url_secrets = self.redactor.redact_url(url)
+        self.request_headers, header_secrets = self.redactor.redact_headers(request_headers)
+        self.scrubber = Scrubber(url_secrets | header_secrets)
+        self.on_error = on_error
+        self.seq = 0
+        self.t0_ns: int | None = None
+        self.incomplete: str | None = None
+        self.closed = False
+        self._silence = {SENT: 0, RECEIVED: 0}
+
+    # -- the three events of a connection -------------------------------------------
+
+    def start(
+        self,
+        now_ns: int,
+        *,
+        wall: dt.datetime | None = None,
+        status: int | None = 101,
+        response_headers: Iterable[tuple[str, str]] = (),
+        subprotocol: str | None = None,
+        subprotocols: Iterable[str] = (),
+    ) -> None:
+        """The handshake finished (or failed with ``status``): write the header."""
+        self.t0_ns = now_ns
+        wall = wall or dt.datetime.now(dt.timezone.utc)
+        response, secrets = self.redactor.redact_headers(response_headers)
+        self.scrubber.add(secrets)
+        offered, secrets = self.redactor.redact_subprotocols(subprotocols)
+        self.scrubber.add(secrets)
+        if subprotocol is not None:
+            [subprotocol], _ = self.redactor.redact_subprotocols([subprotocol])
+        self._write(
+            header_record(
+                {
+                    "session_id": self.session_id,
+                    "started_at": wall.astimezone(dt.timezone.utc).isoformat(timespec="microseconds"),
+                    "started_ns": int(wall.timestamp() * 1e9),
+                    "url": self.url,
+                    "request_headers": self.request_headers,
+                    "response_status": status,
+                    "response_headers": response,
+                    "subprotocols": offered,
+                    "subprotocol": subprotocol,
+                    "recorder": self.recorder,
+                    "rtcap_version": __version__,
+                    "labels": self.labels,
+                    "replay_of": self.replay_of,
+                    "audio": self.audio,
+                }
+            )
+        )
+
+    def message(self, direction: int, data: str | bytes, now_ns: int) -> int:
+        """Record one message (``SENT`` or ``RECEIVED``); returns its ``seq``."""
+        seq = self.seq
+        self.seq += 1
+        t_ns = now_ns - (self.t0_ns if self.t0_ns is not None else now_ns)
+        if isinstance(data, str):
+            payload, splices, flags = self._text(direction, data)
+            opcode = TEXT
+        else:
+            payload, redacted = self.scrubber.scrub_bytes(data)
+            splices, flags, opcode = None, REDACTED if redacted else 0, BINARY
+        self._write(message_record(seq, t_ns, direction, opcode, payload, splices, flags))
+        return seq
+
+    def end(
+        self,
+        now_ns: int,
+        *,
+        closed_by: str | None,
+        code: int | None = None,
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The connection ended: write the end record and close the sink."""
+        if self.closed:
+            return
+        self.closed = True
+        fields: dict[str, Any] = {
+            "t_ns": now_ns - (self.t0_ns if self.t0_ns is not None else now_ns),
+            "closed_by": closed_by,
+            "code": code,
+            "reason": self.scrubber.scrub_text(reason)[0] if reason else reason,
+            "error": self.scrubber.scrub_text(error)[0] if error else error,
+            "messages": self.seq,
+        }
+        if self.incomplete:
+            fields["incomplete"] = self.incomplete
+        if self.sink is not None:
+            try:
+                self.sink.write(end_record(fields))
+            except OSError:
+                pass  # already warned when the first write failed
+            self.sink.close()
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _write(self, record: bytes) -> None:
+        if self.sink is None or self.incomplete:
+            return
+        try:
+            self.sink.write(record)
+        except OSError as e:
+            self.incomplete = f"capture write failed: {e.strerror or e}"
+            self.on_error(f"{self.incomplete}; session {self.session_id} goes on unrecorded")
+
+    def _text(self, direction: int, text: str) -> tuple[bytes, list[list[Any]] | None, int]:
+        obj = None
+        if text[:1] == "{":
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                obj = None
+            if not isinstance(obj, dict):
+                obj = None
+        text, redacted = self.scrubber.scrub_text(text, obj)
+        flags = REDACTED if redacted else 0
+        if obj is None:
+            return text.encode(), None, flags
+        if redacted:
+            obj = json.loads(text)
+        self._track_format(direction, obj)
+        audio = _audio_strings(obj)
+        payload = text.encode()
+        if not audio:
+            return payload, None, flags
+        splices: list[list[Any]] = []
+        cut: list[bytes] = []
+        start = 0
+        for value in audio:
+            raw = _decode_exact(value)
+            if raw is None:
+                continue
+            encoded = value.encode()
+            offset = payload.find(b'"' + encoded + b'"', start)
+            if offset < 0:
+                continue
+            offset += 1
+            cut.append(payload[start:offset])
+            start = offset + len(encoded)
+            kept = len(b"".join(cut))
+            if self.audio:
+                splices.append([kept, raw])
+            else:
+                splices.append([kept, len(raw), self._silence[direction]])
+        if not splices:
+            return payload, None, flags
+        cut.append(payload[start:])
+        return b"".join(cut), splices, flags | (0 if self.audio else AUDIO_DROPPED)
+
+    def _track_format(self, direction: int, obj: dict[str, Any]) -> None:
+        """Follow the session's audio formats, to store the right silence for ``--no-audio``."""
+        if self.audio or obj.get("type") not in ("session.created", "session.updated", "session.update"):
+            return
+        session = obj.get("session")
+        if not isinstance(session, dict):
+            return
+        formats = {
+            SENT: [session.get("input_audio_format"), _dig(session, "audio", "input", "format", "type")],
+            RECEIVED: [session.get("output_audio_format"), _dig(session, "audio", "output", "format", "type")],
+        }
+        for side, found in formats.items():
+            for fmt in found:
+                if isinstance(fmt, str):
+                    self._silence[side] = _SILENCE.get(fmt, 0)
+
+
+def _dig(obj: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _audio_strings(obj: dict[str, Any]) -> list[str]:
+    """The base64 audio strings of an event, in the order they appear in its text."""
+    kind = obj.get("type")
+    found: list[str] = []
+    if kind == "input_audio_buffer.append":
+        value = obj.get("audio")
+        if isinstance(value, str) and value:
+            found.append(value)
+    elif isinstance(kind, str) and kind.endswith("audio.delta"):
+        value = obj.get("delta")
+        if isinstance(value, str) and value:
+            found.append(value)
+    item = obj.get("item")
+    if isinstance(item, dict) and isinstance(item.get("content"), list):
+        for part in item["content"]:
+            if isinstance(part, dict) and isinstance(part.get("audio"), str) and part["audio"]:
+                found.append(part["audio"])
+    return found
+
+
+def _decode_exact(value: str) -> bytes | None:
+    """The bytes behind a base64 string, if encoding them again gives the same string."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if base64.b64encode(raw).decode() == value else None
+
+
+def now_ns() -> int:
+    """The recording clock: monotonic nanoseconds."""
+    return time.monotonic_ns()
+
+
+def default_captures() -> Path:
+    """``$RTCAP_CAPTURES``, else ``./captures``, made absolute."""
+    return Path(os.environ.get("RTCAP_CAPTURES") or "captures").absolute()

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recorder.proxy import RecordingProxy, run_proxy
+from recorder.redact import Redactor
+from tests.realtime_server import RealtimeTestServer
+
+PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy", "NO_PROXY", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # websockets' connect honours HTTPS_PROXY; tests talk to loopback only.
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name in ("RTCAP_LABELS", "RTCAP_REDACT", "RTCAP_CAPTURES"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def realtime_server() -> Iterator[RealtimeTestServer]:
+    with RealtimeTestServer() as server:
+        yield server
+
+
+class ProxyThread:
+    """``rtcap proxy`` in a thread of its own, listening on port 0."""
+
+    def __init__(self, proxy: RecordingProxy) -> None:
+        self.proxy = proxy
+        self.lines: list[str] = []
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Future[None] | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        proxy.log = self.lines.append
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._stop = asyncio.get_running_loop().create_future()
+            await run_proxy(self.proxy, "127.0.0.1", 0, ready=self._started, stop=self._stop)
+
+        self._loop.run_until_complete(main())
+
+    def _started(self, line: str) -> None:
+        self.lines.append(line)
+        self.url = line.split()[2]
+        self._ready.set()
+
+    def __enter__(self) -> ProxyThread:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("proxy did not start")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._loop.call_soon_threadsafe(lambda: self._stop and not self._stop.done() and self._stop.set_result(None))
+        self._thread.join(10)
+
+
+@pytest.fixture
+def captures(tmp_path: Path) -> Path:
+    return tmp_path / "captures"
+
+
+@pytest.fixture
+def start_proxy(captures: Path) -> Iterator[Any]:
+    started: list[ProxyThread] = []
+
+    def start(upstream: str, **kwargs: Any) -> ProxyThread:
+        redactor = Redactor(kwargs.pop("redact_headers", ()), kwargs.pop("redact_query", ()))
+        thread = ProxyThread(RecordingProxy(upstream, kwargs.pop("captures", captures), redactor=redactor, **kwargs))
+        started.append(thread.__enter__())
+        return thread
+
+    yield start
+    for thread in started:
+        thread.__exit__(None, None, None)

@@ -1,0 +1,285 @@
+"""``rtcap proxy`` between real clients (the openai SDK, websockets) and a loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from openai import AsyncOpenAI
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from analyzer.cli import cli
+from analyzer.locate import capture_files
+from recorder.capture import read_capture
+from recorder.proxy import upstream_url
+
+CANARY = "sk-canary-5f2b9c1e7a4d"
+
+
+def export(captures: Path, session: str) -> list[dict]:
+    result = CliRunner().invoke(cli, ["export", session, "--captures", str(captures)])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def only_capture(captures: Path) -> Path:
+    [path] = capture_files(captures)
+    return path
+
+
+def wait_for(predicate, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
+def test_openai_sdk_through_the_proxy_is_recorded_byte_for_byte(realtime_server, start_proxy, captures) -> None:
+    proxy = start_proxy(realtime_server.url, labels={"app": "sdk"})
+    received = []
+
+    async def talk() -> None:
+        client = AsyncOpenAI(api_key=CANARY, websocket_base_url=proxy.url + "/v1")
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            await conn.session.update(session={"type": "realtime", "instructions": "Be brief."})
+            await conn.input_audio_buffer.append(audio=base64.b64encode(os.urandom(4800)).decode())
+            await conn.input_audio_buffer.commit()
+            await conn.response.create()
+            async for event in conn:
+                received.append(event.type)
+                if event.type == "response.done":
+                    break
+
+    asyncio.run(talk())
+    [session] = realtime_server.sessions
+    session.done.wait(10)
+    assert session.path == "/v1/realtime?model=gpt-realtime"
+    wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
+    path = only_capture(captures)
+    rows = export(captures, path.stem)
+    assert [r["seq"] for r in rows] == list(range(len(rows)))
+    assert [r["data"] for r in rows if r["direction"] == "sent"] == session.received
+    assert [r["data"] for r in rows if r["direction"] == "received"] == session.sent
+    assert received[-1] == "response.done" and len(received) == len(session.sent)
+    got = read_capture(path)
+    assert got.header["labels"] == {"app": "sdk"}
+    assert got.header["url"] == realtime_server.url + "/v1/realtime?model=gpt-realtime"
+    assert got.end is not None and (got.end["closed_by"], got.end["code"]) == ("client", 1000)
+    assert sum(len(a) for m in got.messages for a in m.audio()) == 4800 + 4 * 4800
+    assert CANARY.encode() not in path.read_bytes()
+
+
+def test_a_canary_key_appears_nowhere_in_the_captures(realtime_server, start_proxy, captures) -> None:
+    proxy = start_proxy(realtime_server.url)
+    with connect(
+        f"{proxy.url}/v1/realtime?model=m&api-key={CANARY}",
+        additional_headers={"Authorization": f"Bearer {CANARY}", "api-key": CANARY, "X-Custom": "kept"},
+        subprotocols=["realtime", f"openai-insecure-api-key.{CANARY}"],
+    ) as ws:
+        assert ws.subprotocol == "realtime"
+        ws.recv()  # session.created
+        ws.send(json.dumps({"type": "test.echo_header", "name": "api-key"}))
+        echoed = json.loads(ws.recv())
+        assert CANARY in echoed["error"]["message"]
+        tools = [{"type": "mcp", "authorization": "mcp-secret-0000", "headers": {"X-Token": "hdr-secret-0000"}}]
+        ws.send(json.dumps({"type": "session.update", "session": {"tools": tools}}))
+        ws.recv()
+    [session] = realtime_server.sessions
+    session.done.wait(10)
+    # The server got the real credentials...
+    assert session.headers["api-key"] == CANARY and session.headers["X-Custom"] == "kept"
+    assert f"api-key={CANARY}" in session.path
+    # ...the capture directory has none of them, in any form.
+    wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
+    for path in captures.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            for secret in (CANARY, "mcp-secret-0000", "hdr-secret-0000"):
+                assert secret.encode() not in blob, (path, secret)
+                assert base64.b64encode(secret.encode()) not in blob
+    got = read_capture(only_capture(captures))
+    headers = dict((k.lower(), v) for k, v in got.header["request_headers"])
+    assert headers["authorization"] == headers["api-key"] == "[REDACTED]"
+    assert headers["x-custom"] == "kept"
+    assert "openai-insecure-api-key.[REDACTED]" in headers["sec-websocket-protocol"]
+    assert "api-key=[REDACTED]" in got.header["url"]
+    rows = export(captures, got.session_id)
+    assert [r["redacted"] for r in rows] == [False, False, True, True, True]
+
+
+def test_user_named_secrets_are_redacted_too(realtime_server, start_proxy, captures) -> None:
+    proxy = start_proxy(realtime_server.url, redact_headers=["X-Tenant"], redact_query=["sig"])
+    with connect(f"{proxy.url}/rt?sig=signature-secret", additional_headers={"X-Tenant": "tenant-secret"}) as ws:
+        ws.recv()
+    wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
+    blob = only_capture(captures).read_bytes()
+    assert b"signature-secret" not in blob and b"tenant-secret" not in blob
+
+
+def test_an_upstream_401_reaches_the_client_as_401(realtime_server, start_proxy, captures) -> None:
+    proxy = start_proxy(realtime_server.url)
+    with pytest.raises(InvalidStatus) as caught:
+        connect(f"{proxy.url}/v1/realtime", additional_headers={"Authorization": "Bearer reject-me-please"})
+    response = caught.value.response
+    assert response.status_code == 401
+    assert json.loads(response.body)["error"]["code"] == "invalid_api_key"
+    assert response.headers["X-Request-Id"] == "req_401"
+    got = read_capture(only_capture(captures))
+    assert got.state == "closed" and got.header["response_status"] == 401
+    assert "HTTP 401" in got.end["error"] and b"reject-me-please" not in only_capture(captures).read_bytes()
+
+
+def test_an_unreachable_upstream_gives_502_and_a_recorded_session(start_proxy, captures) -> None:
+    proxy = start_proxy("ws://127.0.0.1:9/v1")  # discard port: nothing listens
+    with pytest.raises(InvalidStatus) as caught:
+        connect(f"{proxy.url}/realtime")
+    assert caught.value.response.status_code == 502
+    got = read_capture(only_capture(captures))
+    assert got.header["url"] == "ws://127.0.0.1:9/v1/realtime" and got.messages == []
+    assert "upstream unreachable" in got.end["error"] and got.end["closed_by"] == "rtcap"
+
+
+@pytest.mark.parametrize(("code", "reason"), [(1011, "internal error"), (1000, "done"), (4001, "app code")])
+def test_server_close_codes_reach_the_client(realtime_server, start_proxy, captures, code, reason) -> None:
+    proxy = start_proxy(realtime_server.url)
+    with connect(proxy.url) as ws:
+        ws.recv()
+        ws.send(json.dumps({"type": "test.close", "code": code, "reason": reason}))
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+        assert (ws.close_code, ws.close_reason) == (code, reason)
+    wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
+    end = read_capture(only_capture(captures)).end
+    assert (end["closed_by"], end["code"], end["reason"]) == ("server", code, reason)
+
+
+def test_client_close_codes_reach_the_server(realtime_server, start_proxy, captures) -> None:
+    proxy = start_proxy(realtime_server.url)
+    with connect(proxy.url) as ws:
+        ws.recv()
+        ws.close(4002, "client says bye")
+    [session] = realtime_server.sessions
+    assert session.done.wait(10)
+    assert (session.close_code, session.close_reason) == (4002, "client says bye")
+    wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
+    end = read_capture(only_capture(captures)).end
+    assert (end["closed_by"], end["code"]) == ("client", 4002)
+
+
+def test_a_dropped_upstream_is_a_dropped_client(realtime_server, start_proxy, captures) -> None:
+    proxy = start_proxy(realtime_server.url)
+    with connect(proxy.url) as ws:
+        ws.recv()
+        ws.send(json.dumps({"type": "test.drop"}))
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+        assert ws.close_code == 1006
+    wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
+    end = read_capture(only_capture(captures)).end
+    assert (end["closed_by"], end["code"]) == ("server", 1006)
+
+
+def test_large_binary_and_non_json_messages_and_ping(realtime_server, start_proxy, captures) -> None:
+    proxy = start_proxy(realtime_server.url)
+    big = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(os.urandom(3 << 20)).decode()})
+    with connect(proxy.url, max_size=None) as ws:
+        ws.recv()
+        ws.send(big)
+        ws.send(b"\x00\x01\x02binary")
+        assert ws.recv() == b"\x00\x01\x02binary"
+        ws.send("hello, not json")
+        assert ws.recv() == "hello, not json"
+        assert ws.ping().wait(10)
+    wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
+    rows = export(captures, only_capture(captures).stem)
+    assert rows[1]["data"] == big and rows[1]["opcode"] == "text"
+    assert [(r["opcode"], r["data"]) for r in rows[2:]] == [
+        ("binary", base64.b64encode(b"\x00\x01\x02binary").decode()),
+        ("binary", base64.b64encode(b"\x00\x01\x02binary").decode()),
+        ("text", "hello, not json"),
+        ("text", "hello, not json"),
+    ]
+
+
+def test_concurrent_connections_get_their_own_files(realtime_server, start_proxy, captures) -> None:
+    proxy = start_proxy(realtime_server.url)
+
+    async def one(n: int) -> None:
+        from websockets.asyncio.client import connect as aconnect
+
+        async with aconnect(f"{proxy.url}/s{n}") as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "test.stream", "count": 20}))
+            for _ in range(3 + 2 * 20 + 1):
+                await ws.recv()
+
+    async def many() -> None:
+        await asyncio.gather(*(one(n) for n in range(5)))
+
+    asyncio.run(many())
+    wait_for(lambda: len(capture_files(captures)) == 5 and all(read_capture(p).state == "closed" for p in capture_files(captures)))
+    urls = sorted(read_capture(p).header["url"] for p in capture_files(captures))
+    assert urls == [f"{realtime_server.url}/s{n}" for n in range(5)]
+    assert all(len(read_capture(p).messages) == 1 + 1 + 3 + 40 + 1 for p in capture_files(captures))
+
+
+def test_an_unwritable_capture_directory_never_stops_the_relay(realtime_server, start_proxy, tmp_path, capsys) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    proxy = start_proxy(realtime_server.url, captures=blocker / "captures")
+    for _ in range(2):
+        with connect(proxy.url) as ws:
+            assert json.loads(ws.recv())["type"] == "session.created"
+            ws.send(json.dumps({"type": "response.create"}))
+            while json.loads(ws.recv())["type"] != "response.done":
+                pass
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "cannot write captures" in line]
+    assert len(warnings) == 1
+
+
+def test_upstream_url_joins_paths_and_merges_queries() -> None:
+    assert upstream_url("wss://api.openai.com/v1", "/realtime?model=m") == "wss://api.openai.com/v1/realtime?model=m"
+    assert upstream_url("wss://h/v1/", "/v1x") == "wss://h/v1/v1x"
+    assert upstream_url("wss://h/openai/realtime?api-version=1&deployment=d", "/") == "wss://h/openai/realtime?api-version=1&deployment=d"
+    assert upstream_url("wss://h/p?a=1&b=2", "/q?b=3&c=4") == "wss://h/p/q?a=1&b=3&c=4"
+    assert upstream_url("wss://h", "/v1/realtime") == "wss://h/v1/realtime"
+
+
+def test_kill_9_mid_stream_keeps_every_message_the_client_received(realtime_server, tmp_path) -> None:
+    captures = tmp_path / "captures"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analyzer", "proxy", "--upstream", realtime_server.url, "--listen", "127.0.0.1:0", "--captures", str(captures)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("rtcap proxy: ws://127.0.0.1:")
+        url = first.split()[2]
+        got = []
+        with connect(url, close_timeout=0.1) as ws:
+            got.append(ws.recv())
+            ws.send(json.dumps({"type": "test.stream", "count": 5000}))
+            for _ in range(200):
+                got.append(ws.recv())
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    finally:
+        proc.kill()
+        proc.wait()
+    capture = read_capture(only_capture(captures))
+    assert capture.state == "damaged"
+    recorded = [m.data().decode() for m in capture.messages if m.direction == "received"]
+    assert recorded[: len(got)] == got

@@ -16,13 +16,24 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed-demo
-	$(BIN)/rtcap demo
+	@if $(BIN)/rtcap demo --help >/dev/null 2>&1; then $(BIN)/rtcap demo; \
+	else echo "rtcap demo is not built yet; meanwhile try: make test, or .venv/bin/rtcap proxy --help"; fi
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed-bench
-	$(MAKE) -C bench all PYTHON=$(abspath $(BIN)/python)
+# mitmproxy 11.0.2 (the last release for Python 3.11) in its own venv: the benchmark's slow baseline.
+PYTHON311 := $(shell command -v python3.11 || command -v python3)
+MITM_VENV := .venv-mitmproxy
+
+$(MITM_VENV)/bin/mitmdump:
+	$(PYTHON311) -m venv $(MITM_VENV)
+	$(MITM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MITM_VENV)/bin/python -m pip install --quiet mitmproxy==11.0.2
+	$@ --version
+
+bench: $(VENV)/.installed-bench $(MITM_VENV)/bin/mitmdump
+	$(BIN)/python bench/proxy_bench.py
 
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check recorder analyzer tests bench

@@ -29,7 +29,9 @@ class BadUsage(click.UsageError):
 class RtcapGroup(click.Group):
     """Reports every error as one ``rtcap: error: ...`` line, no traceback."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, *pos: Any, standalone_mode: bool = True, **kw: Any) -> Any:
+    def main(
+        self, args: Any = None, prog_name: str | None = None, *pos: Any, standalone_mode: bool = True, **kw: Any
+    ) -> Any:
         try:
             rv = super().main(args, prog_name or "rtcap", *pos, standalone_mode=False, **kw)
         except click.exceptions.Abort:
@@ -80,10 +82,23 @@ def captures_option(command: Callable[..., Any]) -> Callable[..., Any]:
 def recording_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--label``, ``--no-audio``, ``--redact-header``, ``--redact-query``."""
     options = [
-        click.option("--label", "labels", multiple=True, metavar="K=V", help="Label the sessions (repeatable; also $RTCAP_LABELS=k=v,k2=v2)."),
+        click.option(
+            "--label",
+            "labels",
+            multiple=True,
+            metavar="K=V",
+            help="Label the sessions (repeatable; also $RTCAP_LABELS=k=v,k2=v2).",
+        ),
         click.option("--no-audio", is_flag=True, help="Keep audio lengths and durations but not the audio bytes."),
-        click.option("--redact-header", multiple=True, metavar="NAME", help="Also redact this header (repeatable; also $RTCAP_REDACT)."),
-        click.option("--redact-query", multiple=True, metavar="NAME", help="Also redact this URL query parameter (repeatable)."),
+        click.option(
+            "--redact-header",
+            multiple=True,
+            metavar="NAME",
+            help="Also redact this header (repeatable; also $RTCAP_REDACT).",
+        ),
+        click.option(
+            "--redact-query", multiple=True, metavar="NAME", help="Also redact this URL query parameter (repeatable)."
+        ),
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
@@ -101,11 +116,27 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @cli.command()
-@click.option("--upstream", required=True, metavar="URL", help="The realtime server to relay to, e.g. wss://api.openai.com/v1.")
-@click.option("--listen", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT", help="Where to listen (port 0 picks a free one).")
+@click.option(
+    "--upstream", required=True, metavar="URL", help="The realtime server to relay to, e.g. wss://api.openai.com/v1."
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:8765",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to listen (port 0 picks a free one).",
+)
 @recording_options
 @captures_option
-def proxy(upstream: str, listen: str, labels: tuple[str, ...], no_audio: bool, redact_header: tuple[str, ...], redact_query: tuple[str, ...], captures: Path) -> None:
+def proxy(
+    upstream: str,
+    listen: str,
+    labels: tuple[str, ...],
+    no_audio: bool,
+    redact_header: tuple[str, ...],
+    redact_query: tuple[str, ...],
+    captures: Path,
+) -> None:
     """Relay WebSocket clients to URL and record every session.
 
     Point the app at the printed ws:// URL instead of the real server. The app's path is
@@ -145,7 +176,9 @@ def proxy(upstream: str, listen: str, labels: tuple[str, ...], no_audio: bool, r
 
 @cli.command()
 @click.argument("session")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout."
+)
 @captures_option
 def export(session: str, output: Path | None, captures: Path) -> None:
     """Print a session's exact messages as JSON lines.

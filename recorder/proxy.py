@@ -158,9 +158,18 @@ class RecordingProxy:
             )
         except InvalidStatus as e:
             rejected = e.response
-            recorder.start(now_ns(), status=rejected.status_code, response_headers=rejected.headers.raw_items(), subprotocols=offered)
+            recorder.start(
+                now_ns(),
+                status=rejected.status_code,
+                response_headers=rejected.headers.raw_items(),
+                subprotocols=offered,
+            )
             body = rejected.body.decode(errors="replace").strip()
-            recorder.end(now_ns(), closed_by="server", error=f"upstream rejected the handshake: HTTP {rejected.status_code} {body}")
+            recorder.end(
+                now_ns(),
+                closed_by="server",
+                error=f"upstream rejected the handshake: HTTP {rejected.status_code} {body}",
+            )
             self.log(f"session {recorder.session_id} rejected by upstream: HTTP {rejected.status_code}")
             response = connection.respond(rejected.status_code, "")
             response.reason_phrase = rejected.reason_phrase
@@ -169,7 +178,7 @@ class RecordingProxy:
             response.headers["Connection"] = "close"
             response.body = rejected.body
             return response
-        except (OSError, InvalidHandshake, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError, InvalidHandshake) as e:
             error = f"upstream unreachable: {type(e).__name__}: {e}"
             recorder.start(now_ns(), status=None, subprotocols=offered)
             recorder.end(now_ns(), closed_by="rtcap", error=error)
@@ -196,50 +205,49 @@ class RecordingProxy:
         leg: _Leg = client.rtcap_leg  # type: ignore[attr-defined]
         upstream, recorder = leg.upstream, leg.recorder
         upstream_response = upstream.response.headers.raw_items() if upstream.response else ()
-        recorder.start(now_ns(), response_headers=upstream_response, subprotocol=upstream.subprotocol, subprotocols=leg.offered)
+        recorder.start(
+            now_ns(), response_headers=upstream_response, subprotocol=upstream.subprotocol, subprotocols=leg.offered
+        )
         self.log(f"session {recorder.session_id} opened: {client.request.path if client.request else ''}")
+        sides = {id(client): "client", id(upstream): "server"}
+        # Each pump is keyed by its source: once a leg closes, the pump reading it drains
+        # what that leg had already delivered before the close is mirrored to the other.
         pumps = {
-            asyncio.ensure_future(_pump(client, upstream, SENT, recorder)): (client, upstream, "client"),
-            asyncio.ensure_future(_pump(upstream, client, RECEIVED, recorder)): (upstream, client, "server"),
+            id(client): asyncio.ensure_future(_pump(client, upstream, SENT, recorder)),
+            id(upstream): asyncio.ensure_future(_pump(upstream, client, RECEIVED, recorder)),
         }
-        ended = None
+        closed_by, code, reason = "rtcap", 1001, "rtcap proxy stopped"
         try:
-            pending = set(pumps)
-            while ended is None and pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.result():
-                        ended = pumps[task]
-                        break
-            assert ended is not None
-            closed, other, side = ended
-            closed_by, code, reason = _who_closed(closed, side)
+            done, _ = await asyncio.wait(pumps.values(), return_when=asyncio.FIRST_COMPLETED)
+            closed = next(iter(done)).result()
+            other = upstream if closed is client else client
+            await asyncio.wait([pumps[id(closed)]], timeout=10)
+            closed_by, code, reason = _who_closed(closed, sides[id(closed)])
             await _mirror_close(other, code, reason)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
+            await asyncio.wait(pumps.values(), timeout=10)
         finally:
-            for task in pumps:
+            for task in pumps.values():
                 task.cancel()
-            if ended is None:
-                closed_by, code, reason = "rtcap", 1001, "rtcap proxy stopped"
+            if upstream.state.name != "CLOSED" and closed_by == "rtcap":
                 upstream.transport.abort()
             recorder.end(now_ns(), closed_by=closed_by, code=code, reason=reason)
-            self.log(f"session {recorder.session_id} closed by {closed_by} ({code} {reason}); {recorder.seq} messages")
+            said = f"{code}: {reason}" if reason else f"{code}"
+            self.log(f"session {recorder.session_id} closed by {closed_by} ({said}), {recorder.seq} messages")
 
 
-async def _pump(src: Any, dst: Any, direction: int, recorder: SessionRecorder) -> bool:
-    """Relay ``src`` to ``dst``, recording each message first. True when ``src`` ended,
-    False when ``dst`` could no longer be written (its own pump will say why)."""
+async def _pump(src: Any, dst: Any, direction: int, recorder: SessionRecorder) -> Any:
+    """Relay ``src`` to ``dst``, recording each message first. Returns the leg that
+    ended the relay: ``src`` when it closed, ``dst`` when it could no longer be written."""
     try:
         async for message in src:
             recorder.message(direction, message, now_ns())
             try:
                 await dst.send(message)
             except ConnectionClosed:
-                return False
+                return dst
     except ConnectionClosed:
         pass
-    return True
+    return src
 
 
 def _who_closed(connection: Any, peer: str) -> tuple[str, int, str]:

@@ -43,9 +43,9 @@ _SILENCE = {"g711_ulaw": 0xFF, "audio/pcmu": 0xFF, "g711_alaw": 0xD5, "audio/pcm
 
 def new_session_id(now: dt.datetime | None = None) -> str:
     """A session id: sortable by start time, unique, safe as a file name."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     suffix = "".join(_B32[b & 31] for b in secrets.token_bytes(8))
-    return f"{now.astimezone(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}-{suffix}"
+    return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%S%fZ}-{suffix}"
 
 
 def capture_path(captures: Path, session_id: str) -> Path:
@@ -155,7 +155,7 @@ class SessionRecorder:
     ) -> None:
         """The handshake finished (or failed with ``status``): write the header."""
         self.t0_ns = now_ns
-        wall = wall or dt.datetime.now(dt.timezone.utc)
+        wall = wall or dt.datetime.now(dt.UTC)
         response, secrets = self.redactor.redact_headers(response_headers)
         self.scrubber.add(secrets)
         offered, secrets = self.redactor.redact_subprotocols(subprotocols)
@@ -166,7 +166,7 @@ class SessionRecorder:
             header_record(
                 {
                     "session_id": self.session_id,
-                    "started_at": wall.astimezone(dt.timezone.utc).isoformat(timespec="microseconds"),
+                    "started_at": wall.astimezone(dt.UTC).isoformat(timespec="microseconds"),
                     "started_ns": int(wall.timestamp() * 1e9),
                     "url": self.url,
                     "request_headers": self.request_headers,

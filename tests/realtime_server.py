@@ -89,7 +89,15 @@ class RealtimeTestServer:
 
     def _check_auth(self, connection: ServerConnection, request: Request) -> Response | None:
         if self.reject_key in request.headers.get("Authorization", ""):
-            body = json.dumps({"error": {"type": "invalid_request_error", "code": "invalid_api_key", "message": "Incorrect API key provided."}})
+            body = json.dumps(
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                        "message": "Incorrect API key provided.",
+                    }
+                }
+            )
             response = connection.respond(401, body)
             response.headers["Content-Type"] = "application/json"
             response.headers["X-Request-Id"] = "req_401"
@@ -107,7 +115,19 @@ class RealtimeTestServer:
             await ws.send(data)
 
         try:
-            await send({"type": "session.created", "event_id": _id("event"), "session": {"id": _id("sess"), "object": "realtime.session", "type": "realtime", "model": "gpt-realtime", "expires_at": 1_900_000_000}})
+            await send(
+                {
+                    "type": "session.created",
+                    "event_id": _id("event"),
+                    "session": {
+                        "id": _id("sess"),
+                        "object": "realtime.session",
+                        "type": "realtime",
+                        "model": "gpt-realtime",
+                        "expires_at": 1_900_000_000,
+                    },
+                }
+            )
             async for message in ws:
                 session.received.append(message)
                 if isinstance(message, bytes):
@@ -132,8 +152,21 @@ class RealtimeTestServer:
             await send({"type": "session.updated", "event_id": _id("event"), "session": event.get("session", {})})
         elif kind == "input_audio_buffer.commit":
             item = _id("item")
-            await send({"type": "input_audio_buffer.committed", "event_id": _id("event"), "item_id": item, "previous_item_id": None})
-            await send({"type": "conversation.item.added", "event_id": _id("event"), "item": {"id": item, "type": "message", "role": "user", "content": [{"type": "input_audio"}]}})
+            await send(
+                {
+                    "type": "input_audio_buffer.committed",
+                    "event_id": _id("event"),
+                    "item_id": item,
+                    "previous_item_id": None,
+                }
+            )
+            await send(
+                {
+                    "type": "conversation.item.added",
+                    "event_id": _id("event"),
+                    "item": {"id": item, "type": "message", "role": "user", "content": [{"type": "input_audio"}]},
+                }
+            )
         elif kind == "response.create":
             await self._respond(send, deltas=4, status="completed")
         elif kind == "test.stream":
@@ -142,7 +175,18 @@ class RealtimeTestServer:
             await self._respond(send, deltas=2, status="failed")
         elif kind == "test.echo_header":
             value = ws.request.headers.get(event["name"], "") if ws.request else ""
-            await send({"type": "error", "event_id": _id("event"), "error": {"type": "invalid_request_error", "code": None, "message": f"Bad key {value} given", "param": None}})
+            await send(
+                {
+                    "type": "error",
+                    "event_id": _id("event"),
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": None,
+                        "message": f"Bad key {value} given",
+                        "param": None,
+                    },
+                }
+            )
         elif kind == "test.close":
             await ws.close(event.get("code", 1000), event.get("reason", ""))
         elif kind == "test.drop":
@@ -150,12 +194,76 @@ class RealtimeTestServer:
 
     async def _respond(self, send: Any, *, deltas: int, status: str) -> None:
         response, item = _id("resp"), _id("item")
-        await send({"type": "response.created", "event_id": _id("event"), "response": {"id": response, "object": "realtime.response", "status": "in_progress", "output": []}})
-        await send({"type": "rate_limits.updated", "event_id": _id("event"), "rate_limits": [{"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 0.06}]})
-        await send({"type": "response.output_item.added", "event_id": _id("event"), "response_id": response, "output_index": 0, "item": {"id": item, "type": "message", "role": "assistant", "content": []}})
+        await send(
+            {
+                "type": "response.created",
+                "event_id": _id("event"),
+                "response": {"id": response, "object": "realtime.response", "status": "in_progress", "output": []},
+            }
+        )
+        await send(
+            {
+                "type": "rate_limits.updated",
+                "event_id": _id("event"),
+                "rate_limits": [{"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 0.06}],
+            }
+        )
+        await send(
+            {
+                "type": "response.output_item.added",
+                "event_id": _id("event"),
+                "response_id": response,
+                "output_index": 0,
+                "item": {"id": item, "type": "message", "role": "assistant", "content": []},
+            }
+        )
         for n in range(deltas):
             audio = base64.b64encode(bytes([n % 256]) * 4800).decode()  # 100 ms of PCM16
-            await send({"type": "response.output_audio.delta", "event_id": _id("event"), "response_id": response, "item_id": item, "output_index": 0, "content_index": 0, "delta": audio})
-            await send({"type": "response.output_audio_transcript.delta", "event_id": _id("event"), "response_id": response, "item_id": item, "output_index": 0, "content_index": 0, "delta": f"word{n} "})
-        details = {"type": "failed", "error": {"type": "server_error", "code": None, "message": "The server had an error while processing your request."}} if status == "failed" else None
-        await send({"type": "response.done", "event_id": _id("event"), "response": {"id": response, "object": "realtime.response", "status": status, "status_details": details, "output": [], "usage": {"input_tokens": 120, "output_tokens": 40, "total_tokens": 160}}})
+            await send(
+                {
+                    "type": "response.output_audio.delta",
+                    "event_id": _id("event"),
+                    "response_id": response,
+                    "item_id": item,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": audio,
+                }
+            )
+            await send(
+                {
+                    "type": "response.output_audio_transcript.delta",
+                    "event_id": _id("event"),
+                    "response_id": response,
+                    "item_id": item,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": f"word{n} ",
+                }
+            )
+        details = (
+            {
+                "type": "failed",
+                "error": {
+                    "type": "server_error",
+                    "code": None,
+                    "message": "The server had an error while processing your request.",
+                },
+            }
+            if status == "failed"
+            else None
+        )
+        await send(
+            {
+                "type": "response.done",
+                "event_id": _id("event"),
+                "response": {
+                    "id": response,
+                    "object": "realtime.response",
+                    "status": status,
+                    "status_details": details,
+                    "output": [],
+                    "usage": {"input_tokens": 120, "output_tokens": 40, "total_tokens": 160},
+                },
+            }
+        )

@@ -65,7 +65,15 @@ def test_a_whole_recording_without_a_socket() -> None:
     assert got.state == "closed" and got.problems == []
     assert got.header["session_id"] == "20261125T120000000000Z-abcdefgh"
     assert got.header["request_headers"] == [["Authorization", "[REDACTED]"]]
-    assert got.end == {"kind": "end", "t_ns": 4000, "closed_by": "server", "code": 1000, "reason": "bye", "error": None, "messages": 4}
+    assert got.end == {
+        "kind": "end",
+        "t_ns": 4000,
+        "closed_by": "server",
+        "code": 1000,
+        "reason": "bye",
+        "error": None,
+        "messages": 4,
+    }
     assert [(m.seq, m.t_ns, m.direction, m.opcode) for m in got.messages] == [
         (0, 10, "sent", "text"),
         (1, 20, "received", "text"),
@@ -98,7 +106,14 @@ def test_audio_that_does_not_round_trip_is_kept_as_it_came(audio: str) -> None:
 
 
 def test_audio_inside_conversation_items_is_stored_raw() -> None:
-    event = {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": pcm(30)}, {"type": "input_audio", "audio": pcm(10, 9)}]}}
+    event = {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_audio", "audio": pcm(30)}, {"type": "input_audio", "audio": pcm(10, 9)}],
+        },
+    }
     text = json.dumps(event)
     sink, _ = record([(SENT, text)])
     [message] = parse(sink.bytes()).messages
@@ -107,7 +122,9 @@ def test_audio_inside_conversation_items_is_stored_raw() -> None:
 
 
 def test_no_audio_keeps_lengths_and_rebuilds_silence() -> None:
-    updated = json.dumps({"type": "session.updated", "session": {"audio": {"output": {"format": {"type": "audio/pcmu"}}}}})
+    updated = json.dumps(
+        {"type": "session.updated", "session": {"audio": {"output": {"format": {"type": "audio/pcmu"}}}}}
+    )
     delta = json.dumps({"type": "response.output_audio.delta", "delta": base64.b64encode(b"\x12" * 800).decode()})
     append = json.dumps({"type": "input_audio_buffer.append", "audio": pcm(20)})
     sink, _ = record([(RECEIVED, updated), (RECEIVED, delta), (SENT, append)], audio=False)
@@ -153,8 +170,8 @@ def test_file_writer_modes_and_lock(tmp_path: Path) -> None:
 def test_session_ids_sort_by_start_and_name_their_day() -> None:
     import datetime as dt
 
-    early = new_session_id(dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc))
-    late = new_session_id(dt.datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=dt.timezone.utc))
+    early = new_session_id(dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC))
+    late = new_session_id(dt.datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=dt.UTC))
     assert early.startswith("20260102T030405000006Z-") and len(early.split("-")[1]) == 8
     assert early < late
     assert capture_path(Path("/c"), early) == Path(f"/c/2026-01-02/{early}.msgpack")
@@ -220,7 +237,10 @@ GOLDEN = (DATA / "capture-v1.msgpack").read_bytes()
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, len(GOLDEN) - 1), st.integers(0, 255)), min_size=1, max_size=8), st.integers(0, len(GOLDEN)))
+@given(
+    st.lists(st.tuples(st.integers(0, len(GOLDEN) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+    st.integers(0, len(GOLDEN)),
+)
 def test_mutated_captures_yield_records_or_a_capture_error(flips: list[tuple[int, int]], cut: int) -> None:
     data = bytearray(GOLDEN)
     for offset, value in flips:

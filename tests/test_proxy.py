@@ -228,7 +228,12 @@ def test_concurrent_connections_get_their_own_files(realtime_server, start_proxy
         await asyncio.gather(*(one(n) for n in range(5)))
 
     asyncio.run(many())
-    wait_for(lambda: len(capture_files(captures)) == 5 and all(read_capture(p).state == "closed" for p in capture_files(captures)))
+    wait_for(
+        lambda: (
+            len(capture_files(captures)) == 5
+            and all(read_capture(p).state == "closed" for p in capture_files(captures))
+        )
+    )
     urls = sorted(read_capture(p).header["url"] for p in capture_files(captures))
     assert urls == [f"{realtime_server.url}/s{n}" for n in range(5)]
     assert all(len(read_capture(p).messages) == 1 + 1 + 3 + 40 + 1 for p in capture_files(captures))
@@ -251,7 +256,10 @@ def test_an_unwritable_capture_directory_never_stops_the_relay(realtime_server, 
 def test_upstream_url_joins_paths_and_merges_queries() -> None:
     assert upstream_url("wss://api.openai.com/v1", "/realtime?model=m") == "wss://api.openai.com/v1/realtime?model=m"
     assert upstream_url("wss://h/v1/", "/v1x") == "wss://h/v1/v1x"
-    assert upstream_url("wss://h/openai/realtime?api-version=1&deployment=d", "/") == "wss://h/openai/realtime?api-version=1&deployment=d"
+    assert (
+        upstream_url("wss://h/openai/realtime?api-version=1&deployment=d", "/")
+        == "wss://h/openai/realtime?api-version=1&deployment=d"
+    )
     assert upstream_url("wss://h/p?a=1&b=2", "/q?b=3&c=4") == "wss://h/p/q?a=1&b=3&c=4"
     assert upstream_url("wss://h", "/v1/realtime") == "wss://h/v1/realtime"
 
@@ -259,7 +267,18 @@ def test_upstream_url_joins_paths_and_merges_queries() -> None:
 def test_kill_9_mid_stream_keeps_every_message_the_client_received(realtime_server, tmp_path) -> None:
     captures = tmp_path / "captures"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "analyzer", "proxy", "--upstream", realtime_server.url, "--listen", "127.0.0.1:0", "--captures", str(captures)],
+        [
+            sys.executable,
+            "-m",
+            "analyzer",
+            "proxy",
+            "--upstream",
+            realtime_server.url,
+            "--listen",
+            "127.0.0.1:0",
+            "--captures",
+            str(captures),
+        ],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parent.parent,
@@ -283,3 +302,35 @@ def test_kill_9_mid_stream_keeps_every_message_the_client_received(realtime_serv
     assert capture.state == "damaged"
     recorded = [m.data().decode() for m in capture.messages if m.direction == "received"]
     assert recorded[: len(got)] == got
+
+
+def test_a_dropped_client_is_a_dropped_upstream(realtime_server, start_proxy, captures) -> None:
+    proxy = start_proxy(realtime_server.url)
+
+    async def drop() -> None:
+        from websockets.asyncio.client import connect as aconnect
+
+        ws = await aconnect(proxy.url)
+        await ws.recv()
+        ws.transport.abort()
+
+    asyncio.run(drop())
+    [session] = realtime_server.sessions
+    assert session.done.wait(10) and session.close_code == 1006
+    wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
+    end = read_capture(only_capture(captures)).end
+    assert (end["closed_by"], end["code"]) == ("client", 1006)
+
+
+def test_stopping_the_proxy_ends_open_sessions_cleanly(realtime_server, start_proxy, captures) -> None:
+    proxy = start_proxy(realtime_server.url)
+    with connect(proxy.url) as ws:
+        ws.recv()
+        proxy.__exit__(None, None, None)
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+        assert ws.close_code == 1001
+    [session] = realtime_server.sessions
+    assert session.done.wait(10) and session.close_code == 1001
+    got = read_capture(only_capture(captures))
+    assert got.state == "closed" and (got.end["closed_by"], got.end["code"]) == ("rtcap", 1001)

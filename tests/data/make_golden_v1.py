@@ -32,17 +32,65 @@ rec = SessionRecorder(
     recorder="proxy",
     labels={"app": "golden"},
 )
-rec.start(0, wall=dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc), response_headers=[("x-request-id", "req_1")])
+rec.start(
+    0, wall=dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC), response_headers=[("x-request-id", "req_1")]
+)
 audio = base64.b64encode(bytes(range(256)) * 9).decode()
 messages = [
-    (RECEIVED, json.dumps({"type": "session.created", "event_id": "event_1", "session": {"id": "sess_golden", "expires_at": 1795701600}})),
-    (SENT, json.dumps({"type": "session.update", "session": {"tools": [{"type": "mcp", "server_url": "https://mcp.example", "authorization": "mcp-token-123456", "headers": {"X-Key": "hdr-secret-99999"}}]}})),
+    (
+        RECEIVED,
+        json.dumps(
+            {
+                "type": "session.created",
+                "event_id": "event_1",
+                "session": {"id": "sess_golden", "expires_at": 1795701600},
+            }
+        ),
+    ),
+    (
+        SENT,
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {
+                    "tools": [
+                        {
+                            "type": "mcp",
+                            "server_url": "https://mcp.example",
+                            "authorization": "mcp-token-123456",
+                            "headers": {"X-Key": "hdr-secret-99999"},
+                        }
+                    ]
+                },
+            }
+        ),
+    ),
     (SENT, json.dumps({"type": "input_audio_buffer.append", "audio": audio})),
     (RECEIVED, '{"type":"response.audio.delta","event_id":"event_2","response_id":"resp_1","delta":"' + audio + '"}'),
     (SENT, b"\x00\x01binary\xff"),
     (SENT, "plain text, not JSON"),
-    (RECEIVED, json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": "bad key golden-secret-key"}})),
-    (RECEIVED, json.dumps({"type": "response.done", "response": {"id": "resp_1", "status": "failed", "status_details": {"type": "failed", "error": {"type": "server_error", "code": None, "message": "boom"}}}})),
+    (
+        RECEIVED,
+        json.dumps(
+            {"type": "error", "error": {"type": "invalid_request_error", "message": "bad key golden-secret-key"}}
+        ),
+    ),
+    (
+        RECEIVED,
+        json.dumps(
+            {
+                "type": "response.done",
+                "response": {
+                    "id": "resp_1",
+                    "status": "failed",
+                    "status_details": {
+                        "type": "failed",
+                        "error": {"type": "server_error", "code": None, "message": "boom"},
+                    },
+                },
+            }
+        ),
+    ),
 ]
 for n, (direction, data) in enumerate(messages):
     rec.message(direction, data, (n + 1) * 1_000_000)

@@ -142,21 +142,9 @@ class Scrubber:
         self._text.sort(key=len, reverse=True)
         self._bytes.sort(key=len, reverse=True)
 
-    def scrub_text(self, text: str, obj: Any = None) -> tuple[str, bool]:
-        """Redact a text message; ``obj`` is its parsed JSON, if the caller has it.
-        Returns the text (unchanged when nothing was found) and whether it changed."""
+    def scrub_text(self, text: str) -> tuple[str, bool]:
+        """Replace every known secret value in ``text``; returns it and whether it changed."""
         redacted = False
-        if '"tools"' in text:
-            if obj is None:
-                try:
-                    obj = json.loads(text)
-                except ValueError:
-                    obj = None
-            found: set[str] = set()
-            if obj is not None and _redact_tools(obj, found):
-                self.add(found)
-                text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-                redacted = True
         for secret in self._text:
             if secret in text:
                 text = text.replace(secret, REDACTED)
@@ -173,8 +161,17 @@ class Scrubber:
         return data, redacted
 
 
+def redact_tools(obj: Any, scrubber: Scrubber) -> bool:
+    """Redact, in place, the ``authorization`` and ``headers`` of every tool definition
+    inside a parsed event; the values removed are scrubbed from later messages too.
+    Returns whether anything was redacted."""
+    found: set[str] = set()
+    changed = _redact_tools(obj, found)
+    scrubber.add(found)
+    return changed
+
+
 def _redact_tools(obj: Any, found: set[str]) -> bool:
-    """Redact ``authorization`` and ``headers`` of every tool definition inside ``obj``."""
     changed = False
     if isinstance(obj, dict):
         for key, value in obj.items():

@@ -8,7 +8,6 @@ replay and serve are thin loops that feed it.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import datetime as dt
 import json
@@ -33,7 +32,7 @@ from .capture import (
     header_record,
     message_record,
 )
-from .redact import Redactor, Scrubber
+from .redact import Redactor, Scrubber, redact_tools
 
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 
@@ -239,48 +238,38 @@ class SessionRecorder:
             self.on_error(f"{self.incomplete}; session {self.session_id} goes on unrecorded")
 
     def _text(self, direction: int, text: str) -> tuple[bytes, list[list[Any]] | None, int]:
-        obj = None
-        if text[:1] == "{":
-            try:
-                obj = json.loads(text)
-            except ValueError:
-                obj = None
-            if not isinstance(obj, dict):
-                obj = None
-        text, redacted = self.scrubber.scrub_text(text, obj)
-        flags = REDACTED if redacted else 0
-        if obj is None:
-            return text.encode(), None, flags
-        if redacted:
-            obj = json.loads(text)
-        self._track_format(direction, obj)
-        audio = _audio_strings(obj)
-        payload = text.encode()
-        if not audio:
-            return payload, None, flags
-        splices: list[list[Any]] = []
-        cut: list[bytes] = []
+        obj = _json_object(text)
+        redacted = False
+        if obj is not None and '"tools"' in text and redact_tools(obj, self.scrubber):
+            text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+            redacted = True
+        # Cut the audio out first, so secrets are only hunted for in what is left.
+        pieces: list[str] = []
+        audio: list[bytes] = []
         start = 0
-        for value in audio:
-            raw = _decode_exact(value)
-            if raw is None:
-                continue
-            encoded = value.encode()
-            offset = payload.find(b'"' + encoded + b'"', start)
-            if offset < 0:
-                continue
-            offset += 1
-            cut.append(payload[start:offset])
-            start = offset + len(encoded)
-            kept = len(b"".join(cut))
-            if self.audio:
-                splices.append([kept, raw])
-            else:
-                splices.append([kept, len(raw), self._silence[direction]])
-        if not splices:
-            return payload, None, flags
-        cut.append(payload[start:])
-        return b"".join(cut), splices, flags | (0 if self.audio else AUDIO_DROPPED)
+        if obj is not None:
+            self._track_format(direction, obj)
+            for value in _audio_strings(obj):
+                raw = _decode_exact(value)
+                offset = _find_string(text, value, start) if raw is not None else -1
+                if offset >= 0:
+                    pieces.append(text[start:offset])
+                    audio.append(raw)  # type: ignore[arg-type]
+                    start = offset + len(value)
+        pieces.append(text[start:])
+        splices: list[list[Any]] = []
+        payload = bytearray()
+        for n, piece in enumerate(pieces):
+            piece, found = self.scrubber.scrub_text(piece)
+            redacted |= found
+            payload += piece.encode()
+            if n < len(audio):
+                if self.audio:
+                    splices.append([len(payload), audio[n]])
+                else:
+                    splices.append([len(payload), len(audio[n]), self._silence[direction]])
+        flags = (REDACTED if redacted else 0) | (AUDIO_DROPPED if splices and not self.audio else 0)
+        return bytes(payload), splices or None, flags
 
     def _track_format(self, direction: int, obj: dict[str, Any]) -> None:
         """Follow the session's audio formats, to store the right silence for ``--no-audio``."""
@@ -327,13 +316,39 @@ def _audio_strings(obj: dict[str, Any]) -> list[str]:
     return found
 
 
-def _decode_exact(value: str) -> bytes | None:
-    """The bytes behind a base64 string, if encoding them again gives the same string."""
+def _find_string(text: str, value: str, start: int) -> int:
+    """Where JSON string ``value`` stands unescaped in ``text`` (after its opening quote),
+    or -1. Searching for a short head, then checking the rest, is much faster than
+    searching for a needle kilobytes long."""
+    head = '"' + value[:32]
+    offset = text.find(head, start)
+    while offset >= 0:
+        if text.startswith(value, offset + 1) and text.startswith('"', offset + 1 + len(value)):
+            return offset + 1
+        offset = text.find(head, offset + 1)
+    return -1
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object a text message holds, or ``None``."""
+    if text[:1] != "{":
+        return None
     try:
-        raw = base64.b64decode(value, validate=True)
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _decode_exact(value: str) -> bytes | None:
+    """The bytes behind a base64 string, if encoding them again gives the same string.
+    (Decoding drops stray characters; the comparison catches them, and anything else
+    that would not round-trip.)"""
+    try:
+        raw = binascii.a2b_base64(value)
     except (binascii.Error, ValueError):
         return None
-    return raw if base64.b64encode(raw).decode() == value else None
+    return raw if binascii.b2a_base64(raw, newline=False) == value.encode() else None
 
 
 def now_ns() -> int:

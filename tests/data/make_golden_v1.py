@@ -32,9 +32,7 @@ rec = SessionRecorder(
     recorder="proxy",
     labels={"app": "golden"},
 )
-rec.start(
-    0, wall=dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC), response_headers=[("x-request-id", "req_1")]
-)
+rec.start(0, wall=dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC), response_headers=[("x-request-id", "req_1")])
 audio = base64.b64encode(bytes(range(256)) * 9).decode()
 messages = [
     (

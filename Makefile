@@ -19,7 +19,17 @@ demo: $(VENV)/.installed-demo
 	@if $(BIN)/rtcap demo --help >/dev/null 2>&1; then $(BIN)/rtcap demo; \
 	else echo "rtcap demo is not built yet; meanwhile try: make test, or .venv/bin/rtcap proxy --help"; fi
 
-test: $(VENV)/.installed-test
+# The shim is tested against the oldest and the newest websockets it supports, each
+# installed on its own, to be put first on PYTHONPATH of an app run under the shim.
+WEBSOCKETS_OLDEST := 13.0
+WEBSOCKETS_NEWEST := <18
+
+$(VENV)/websockets-%/.installed: | $(BIN)/python
+	rm -rf $(dir $@)
+	$(PIP) install --quiet --no-deps --target $(dir $@) 'websockets$(if $(filter oldest,$*),==$(WEBSOCKETS_OLDEST),$(WEBSOCKETS_NEWEST))'
+	touch $@
+
+test: $(VENV)/.installed-test $(VENV)/websockets-oldest/.installed $(VENV)/websockets-newest/.installed
 	$(BIN)/python -m pytest
 
 # mitmproxy 11.0.2 (the last release for Python 3.11) in its own venv: the benchmark's slow baseline.

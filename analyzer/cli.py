@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -169,6 +170,51 @@ def proxy(
         asyncio.run(run_proxy(relay, host, port))
     except OSError as e:
         raise Failure(f"cannot listen on {listen}: {e.strerror or e}") from None
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "--match", metavar="URL-GLOB", help="Record only connections whose URL matches, e.g. 'wss://api.openai.com/*'."
+)
+@recording_options
+@captures_option
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    match: str | None,
+    labels: tuple[str, ...],
+    no_audio: bool,
+    redact_header: tuple[str, ...],
+    redact_query: tuple[str, ...],
+    captures: Path,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND with every WebSocket connection it makes recorded.
+
+    The in-process shim records each connection made with the `websockets` library
+    (asyncio or sync, however `connect` is used; the openai SDK included) in COMMAND and
+    in every Python process it starts, into the same capture files as `rtcap proxy`.
+    COMMAND replaces rtcap: its output, exit code and signals are its own. Programs
+    that do not use `websockets` (aiohttp, Node, browsers) need `rtcap proxy` instead.
+
+    \b
+    Example:
+      rtcap run --label app=kiosk -- python app.py --voice alloy
+    """
+    from recorder.shim import run_environment
+
+    env = run_environment(
+        os.environ,
+        captures=captures.absolute(),
+        labels=_labels(labels),
+        audio=not no_audio,
+        match=match,
+        redact_headers=redact_header,
+        redact_query=redact_query,
+    )
+    try:
+        os.execvpe(command[0], list(command), env)
+    except OSError as e:
+        raise Failure(f"cannot run {command[0]}: {e.strerror or e}") from None
 
 
 # -- exploring ------------------------------------------------------------------------

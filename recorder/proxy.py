@@ -25,7 +25,7 @@ from websockets.http11 import Request, Response
 
 from .capture import RECEIVED, SENT
 from .redact import Redactor
-from .session import SessionRecorder, new_session_id, now_ns, open_sink
+from .session import SessionRecorder, new_session_id, now_ns, open_sink, who_closed
 
 # Headers that belong to one hop of the connection, regenerated on each leg.
 HOP_HEADERS = frozenset(
@@ -222,7 +222,7 @@ class RecordingProxy:
             closed = next(iter(done)).result()
             other = upstream if closed is client else client
             await asyncio.wait([pumps[id(closed)]], timeout=10)
-            closed_by, code, reason = _who_closed(closed, sides[id(closed)])
+            closed_by, code, reason = who_closed(closed.protocol, peer=sides[id(closed)], local="rtcap")
             await _mirror_close(other, code, reason)
             await asyncio.wait(pumps.values(), timeout=10)
         finally:
@@ -248,17 +248,6 @@ async def _pump(src: Any, dst: Any, direction: int, recorder: SessionRecorder) -
     except ConnectionClosed:
         pass
     return src
-
-
-def _who_closed(connection: Any, peer: str) -> tuple[str, int, str]:
-    """Who ended a closed connection, with the close code and reason (1006 for a drop)."""
-    protocol = connection.protocol
-    rcvd, sent = protocol.close_rcvd, protocol.close_sent
-    if rcvd is not None and (sent is None or protocol.close_rcvd_then_sent):
-        return peer, rcvd.code, rcvd.reason
-    if sent is not None:
-        return "rtcap", sent.code, sent.reason
-    return peer, 1006, ""
 
 
 async def _mirror_close(connection: Any, code: int, reason: str) -> None:

@@ -288,6 +288,17 @@ class SessionRecorder:
                     self._silence[side] = _SILENCE.get(fmt, 0)
 
 
+def who_closed(protocol: Any, *, peer: str, local: str) -> tuple[str, int, str]:
+    """Who ended a connection, from its websockets protocol state: ``peer`` if the peer's
+    close frame came first, ``local`` if ours did, else ``peer`` with 1006 (a drop)."""
+    rcvd, sent = protocol.close_rcvd, protocol.close_sent
+    if rcvd is not None and (sent is None or protocol.close_rcvd_then_sent):
+        return peer, rcvd.code, rcvd.reason
+    if sent is not None:
+        return local, sent.code, sent.reason
+    return peer, 1006, ""
+
+
 def _dig(obj: Any, *keys: str) -> Any:
     for key in keys:
         if not isinstance(obj, dict):

@@ -1,0 +1,401 @@
+"""The in-process shim: records every client connection an app makes with ``websockets``.
+
+It hooks websockets' sans-I/O ``Protocol``, which the asyncio and the sync clients share
+in every version from 13 on, so it sees each connection however ``connect`` was imported,
+awaited, entered or subclassed (the openai SDK subclasses it), and each message however
+it was sent (str, bytes, fragments) or read (``recv``, ``recv_streaming``, iteration):
+
+- ``ClientProtocol.send_request``: the handshake request (URL, headers, subprotocols);
+- ``Protocol.events_received``: the handshake response (time zero, or a rejection), then
+  every data frame the server sent, recorded before the app can read it;
+- ``Protocol.send_text`` / ``send_binary`` / ``send_continuation``: every frame the app
+  sends, recorded before it is queued for the network;
+- ``Protocol.receive_eof``: the end of the connection (close codes, or a drop).
+
+If ``websockets.client`` is not imported yet, an import hook applies the patches when it
+is. Nothing here may raise into websockets: a failure stops recording that connection,
+with one warning, and the app goes on as if the shim were not there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .capture import RECEIVED, SENT
+from .redact import Redactor
+from .session import SessionRecorder, default_captures, new_session_id, now_ns, open_sink, warn, who_closed
+
+ENV = "RTCAP_SHIM"
+"""How ``rtcap run`` hands its settings to the interpreters it starts (JSON)."""
+
+_OP_CONT, _OP_TEXT, _OP_BINARY = 0, 1, 2
+USE_PROXY = "put `rtcap proxy` in front of the app instead"
+
+
+class _Config:
+    def __init__(
+        self,
+        captures: Path,
+        labels: Mapping[str, str],
+        audio: bool,
+        match: str | None,
+        redactor: Redactor,
+    ) -> None:
+        self.captures = captures
+        self.labels = dict(labels)
+        self.audio = audio
+        self.match = match
+        self.redactor = redactor
+
+
+_config: _Config | None = None
+_originals: list[tuple[type, str, Any]] = []
+_live: weakref.WeakSet[_Connection] = weakref.WeakSet()
+_lock = threading.Lock()
+
+
+class _Connection:
+    """The shim's state for one recorded client connection."""
+
+    def __init__(self, config: _Config, url: str, headers: list[tuple[str, str]], offered: list[str]) -> None:
+        self.config = config
+        self.url = url
+        self.headers = headers
+        self.offered = offered
+        self.recorder: SessionRecorder | None = None
+        self.fragments: dict[int, tuple[int, list[bytes]]] = {}
+        self.lock = threading.Lock()
+        self.ended = False
+
+    def start(self, response: Any | None) -> None:
+        """The handshake ended: with a response (101, or a rejection), or with none."""
+        session_id = new_session_id()
+        config = self.config
+        self.recorder = SessionRecorder(
+            open_sink(config.captures, session_id),
+            session_id=session_id,
+            url=self.url,
+            request_headers=self.headers,
+            recorder="shim",
+            labels=config.labels,
+            audio=config.audio,
+            redactor=config.redactor,
+        )
+        self.recorder.start(
+            now_ns(),
+            status=response.status_code if response is not None else None,
+            response_headers=response.headers.raw_items() if response is not None else (),
+            subprotocol=response.headers.get("Sec-WebSocket-Protocol") if response is not None else None,
+            subprotocols=self.offered,
+        )
+        if response is not None and response.status_code != 101:
+            body = (response.body or b"").decode(errors="replace").strip()
+            self.end(closed_by="server", error=f"handshake rejected: HTTP {response.status_code} {body}".strip())
+        else:
+            _live.add(self)
+
+    def frame(self, direction: int, opcode: int, data: Any, fin: bool) -> None:
+        """Record a data frame, assembling fragments into their message."""
+        if self.recorder is None or self.ended:
+            return
+        if opcode == _OP_CONT:
+            first, parts = self.fragments.get(direction, (_OP_BINARY, []))
+            parts.append(bytes(data))
+            if not fin:
+                return
+            del self.fragments[direction]
+            opcode, payload = first, b"".join(parts)
+        elif not fin:
+            self.fragments[direction] = (opcode, [bytes(data)])
+            return
+        else:
+            payload = bytes(data)
+        if opcode == _OP_TEXT:
+            self.recorder.message(direction, payload.decode("utf-8", errors="surrogateescape"), now_ns())
+        else:
+            self.recorder.message(direction, payload, now_ns())
+
+    def end(
+        self, closed_by: str | None, code: int | None = None, reason: str | None = None, error: str | None = None
+    ) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        _live.discard(self)
+        if self.recorder is not None:
+            self.recorder.end(now_ns(), closed_by=closed_by, code=code, reason=reason, error=error)
+
+
+def _session(protocol: Any) -> _Connection | None:
+    return protocol.__dict__.get("_rtcap")
+
+
+def _guard(protocol: Any, session: _Connection, action: Any, *args: Any) -> None:
+    """Run a recording step; on any failure stop recording this connection, once, loudly."""
+    try:
+        with session.lock:
+            action(*args)
+    except Exception as e:  # the app must never see the shim's own failure
+        protocol.__dict__.pop("_rtcap", None)
+        session.ended = True
+        warn(f"recording stopped for a connection to {session.url}: {type(e).__name__}: {e}")
+
+
+def _url(protocol: Any, path: str) -> str:
+    uri = getattr(protocol, "uri", None) or getattr(protocol, "wsuri", None)
+    if uri is None:
+        return path
+    scheme = "wss" if uri.secure else "ws"
+    default = 443 if uri.secure else 80
+    host = f"[{uri.host}]" if ":" in uri.host else uri.host
+    port = "" if uri.port == default else f":{uri.port}"
+    userinfo = ":".join(uri.user_info) + "@" if getattr(uri, "user_info", None) else ""
+    return f"{scheme}://{userinfo}{host}{port}{path}"
+
+
+# -- the hooks ---------------------------------------------------------------------------
+
+
+def _patched_send_request(original: Any) -> Any:
+    def send_request(self: Any, request: Any) -> None:
+        config = _config
+        if config is not None:
+            try:
+                url = _url(self, request.path)
+                if config.match is None or fnmatch.fnmatchcase(url, config.match):
+                    headers = list(request.headers.raw_items())
+                    offered = [
+                        p.strip() for v in request.headers.get_all("Sec-WebSocket-Protocol") for p in v.split(",")
+                    ]
+                    self.__dict__["_rtcap"] = _Connection(config, url, headers, [p for p in offered if p])
+            except Exception as e:
+                warn(f"cannot record a connection: {type(e).__name__}: {e}")
+        return original(self, request)
+
+    return send_request
+
+
+def _patched_events_received(original: Any) -> Any:
+    def events_received(self: Any) -> Any:
+        events = original(self)
+        session = _session(self)
+        if session is not None and events:
+            _guard(self, session, _received, session, events)
+        return events
+
+    return events_received
+
+
+def _received(session: _Connection, events: Iterable[Any]) -> None:
+    for event in events:
+        opcode = getattr(event, "opcode", None)
+        if opcode is None:
+            if session.recorder is None and hasattr(event, "status_code"):
+                session.start(event)
+            continue
+        if opcode in (_OP_TEXT, _OP_BINARY, _OP_CONT):
+            session.frame(RECEIVED, int(opcode), event.data, event.fin)
+
+
+def _patched_send(original: Any, opcode: int) -> Any:
+    def send(self: Any, data: Any, fin: bool = True) -> None:
+        session = _session(self)
+        if session is not None and self.state.name == "OPEN":
+            _guard(self, session, session.frame, SENT, opcode, data, fin)
+        return original(self, data, fin)
+
+    return send
+
+
+def _patched_receive_eof(original: Any) -> Any:
+    def receive_eof(self: Any) -> None:
+        original(self)
+        session = _session(self)
+        if session is not None and not session.ended:
+            _guard(self, session, _finish, self, session)
+
+    return receive_eof
+
+
+def _finish(protocol: Any, session: _Connection) -> None:
+    if session.recorder is None:
+        error = protocol.handshake_exc
+        session.start(None)
+        session.end(
+            closed_by="server",
+            error=f"handshake failed: {type(error).__name__}: {error}" if error else "handshake failed",
+        )
+        return
+    closed_by, code, reason = who_closed(protocol, peer="server", local="client")
+    session.end(closed_by=closed_by, code=code, reason=reason)
+
+
+def _patch() -> None:
+    """Apply the hooks to the loaded websockets modules (once)."""
+    if _originals:
+        return
+    import websockets
+    from websockets.client import ClientProtocol
+    from websockets.protocol import Protocol
+
+    version = getattr(websockets, "__version__", "0")
+    if int(version.split(".")[0]) < 13:
+        warn(f"websockets {version} is older than 13: its connections are not recorded; {USE_PROXY}")
+        return
+    hooks = [
+        (ClientProtocol, "send_request", _patched_send_request),
+        (Protocol, "events_received", _patched_events_received),
+        (Protocol, "send_text", lambda f: _patched_send(f, _OP_TEXT)),
+        (Protocol, "send_binary", lambda f: _patched_send(f, _OP_BINARY)),
+        (Protocol, "send_continuation", lambda f: _patched_send(f, _OP_CONT)),
+        (Protocol, "receive_eof", _patched_receive_eof),
+    ]
+    for cls, name, make in hooks:
+        original = cls.__dict__[name]
+        _originals.append((cls, name, original))
+        setattr(cls, name, make(original))
+
+
+class _ImportHook(importlib.abc.MetaPathFinder):
+    """Patches websockets when ``websockets.client`` is first imported."""
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
+        if name != "websockets.client":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def exec_and_patch(module: ModuleType) -> None:
+            exec_module(module)
+            with _lock:
+                if _config is not None:
+                    try:
+                        _patch()
+                    except Exception as e:
+                        warn(f"cannot hook websockets ({type(e).__name__}: {e}); {USE_PROXY}")
+
+        loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+        return spec
+
+
+_hook = _ImportHook()
+
+
+# -- public API --------------------------------------------------------------------------
+
+
+def install(
+    captures: str | os.PathLike[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    audio: bool = True,
+    match: str | None = None,
+    redact_headers: Iterable[str] = (),
+    redact_query: Iterable[str] = (),
+) -> None:
+    """Record every websockets client connection of this process from now on.
+
+    ``captures`` defaults to ``$RTCAP_CAPTURES`` or ``./captures`` (made absolute now);
+    ``match`` is a URL glob (``wss://api.openai.com/*``) limiting what is recorded.
+    Installing again replaces the settings.
+    """
+    global _config
+    with _lock:
+        _config = _Config(
+            Path(captures).absolute() if captures is not None else default_captures(),
+            labels or {},
+            audio,
+            match,
+            Redactor(redact_headers, redact_query),
+        )
+        if "websockets.client" in sys.modules:
+            _patch()
+        elif _hook not in sys.meta_path:
+            sys.meta_path.insert(0, _hook)
+
+
+def uninstall() -> None:
+    """Stop recording and restore websockets exactly as it was. Connections still open
+    get their end record now (``closed_by`` null, error ``recording stopped``)."""
+    global _config
+    with _lock:
+        _config = None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(_hook)
+        while _originals:
+            cls, name, original = _originals.pop()
+            setattr(cls, name, original)
+        for session in list(_live):
+            with session.lock:
+                session.end(closed_by=None, error="recording stopped (recorder.uninstall)")
+
+
+@contextlib.contextmanager
+def recording(**settings: Any) -> Iterator[None]:
+    """``with recording(captures=...):`` installs the shim for the block, then uninstalls it."""
+    install(**settings)
+    try:
+        yield
+    finally:
+        uninstall()
+
+
+SITE_DIR = Path(__file__).parent / "_site"
+"""Holds the ``sitecustomize`` that loads the shim in every interpreter ``rtcap run`` starts."""
+
+
+def run_environment(
+    env: Mapping[str, str],
+    *,
+    captures: Path,
+    labels: Mapping[str, str],
+    audio: bool = True,
+    match: str | None = None,
+    redact_headers: Iterable[str] = (),
+    redact_query: Iterable[str] = (),
+) -> dict[str, str]:
+    """The environment for a program run under the shim: ``SITE_DIR`` first on
+    ``PYTHONPATH`` and the settings in ``$RTCAP_SHIM``, for it and its children."""
+    settings = {
+        "captures": str(Path(captures).absolute()),
+        "labels": dict(labels),
+        "audio": audio,
+        "match": match,
+        "redact_headers": list(redact_headers),
+        "redact_query": list(redact_query),
+    }
+    out = dict(env)
+    out[ENV] = json.dumps(settings)
+    out["PYTHONPATH"] = os.pathsep.join([str(SITE_DIR), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    return out
+
+
+def install_from_env() -> bool:
+    """Install with the settings ``rtcap run`` put in ``$RTCAP_SHIM``; False if none."""
+    raw = os.environ.get(ENV)
+    if not raw:
+        return False
+    settings = json.loads(raw)
+    install(
+        captures=settings["captures"],
+        labels=settings.get("labels") or {},
+        audio=settings.get("audio", True),
+        match=settings.get("match"),
+        redact_headers=settings.get("redact_headers", ()),
+        redact_query=settings.get("redact_query", ()),
+    )
+    return True

@@ -1,0 +1,233 @@
+"""The in-process shim: `rtcap run` and `recorder.install()` with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.protocol import Protocol
+
+import recorder
+from analyzer.locate import capture_files
+from recorder.capture import read_capture
+
+ROOT = Path(__file__).parent.parent
+APPS = Path(__file__).parent / "apps"
+CANARY = "sk-canary-shim-8d3e1f0a"
+RTCAP = str(Path(sys.executable).parent / "rtcap")  # the console script, as users run it
+
+
+def rtcap_run(captures: Path, *command: str, options: tuple[str, ...] = (), pythonpath: str | None = None, **kwargs):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTCAP_") and "PROXY" not in k.upper()}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return subprocess.run(
+        [RTCAP, "run", "--captures", str(captures), *options, "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=kwargs.pop("cwd", ROOT),
+        **kwargs,
+    )
+
+
+def assert_same_as_server(path: Path, session) -> None:
+    """The capture holds exactly what the server saw and sent, handshake to close."""
+    capture = read_capture(path)
+    assert capture.state == "closed", capture.problems
+    sent = [m.data() for m in capture.messages if m.direction == "sent"]
+    received = [m.data() for m in capture.messages if m.direction == "received"]
+    as_bytes = [m.encode() if isinstance(m, str) else m for m in session.received]
+    assert sent == as_bytes
+    assert received == [m.encode() if isinstance(m, str) else m for m in session.sent]
+    assert capture.header["url"].endswith(session.path)
+    seen = {k.lower(): v for k, v in session.headers.raw_items()}
+    recorded = {k.lower(): v for k, v in capture.header["request_headers"]}
+    for name, value in seen.items():
+        assert recorded[name] == ("[REDACTED]" if name in ("authorization", "api-key") else value), name
+    closer = "server" if session.close_reason == "done" else "client"  # test.close says "done"
+    assert (capture.end["closed_by"], capture.end["code"], capture.end["reason"]) == (
+        closer,
+        session.close_code,
+        session.close_reason,
+    )
+
+
+def test_openai_sdk_async_sync_and_agents_under_rtcap_run(realtime_server, captures) -> None:
+    result = rtcap_run(
+        captures,
+        sys.executable,
+        str(APPS / "sdk_app.py"),
+        realtime_server.url,
+        CANARY,
+        "--agents",
+        options=("--label", "app=sdk"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+    paths = capture_files(captures)
+    assert len(paths) == len(realtime_server.sessions) == 3
+    for path, session in zip(paths, realtime_server.sessions, strict=True):
+        assert session.done.wait(10)
+        assert_same_as_server(path, session)
+        capture = read_capture(path)
+        assert capture.header["recorder"] == "shim" and capture.header["labels"] == {"app": "sdk"}
+        assert CANARY.encode() not in path.read_bytes()
+    audio = [a for m in read_capture(paths[0]).messages for a in m.audio()]
+    assert audio[0] == bytes(range(256)) * 30
+
+
+@pytest.mark.parametrize("version", ["oldest", "newest"])
+def test_every_websockets_api_style_is_recorded(realtime_server, captures, version) -> None:
+    installed = ROOT / ".venv" / f"websockets-{version}"
+    assert (installed / ".installed").exists(), f"{installed} is missing: run `make test`"
+    result = rtcap_run(
+        captures, sys.executable, str(APPS / "ws_styles.py"), realtime_server.url, pythonpath=str(installed)
+    )
+    assert result.returncode == 0, result.stderr
+    [dist] = installed.glob("websockets-*.dist-info")
+    expected = dist.name.removeprefix("websockets-").removesuffix(".dist-info")
+    assert version == "newest" or expected == "13.0"
+    assert result.stdout.strip() == expected
+    by_path = {s.path: s for s in realtime_server.sessions}
+    paths = capture_files(captures)
+    assert len(paths) == 5
+    for path in paths:
+        url = read_capture(path).header["url"]
+        session = by_path[url[len(realtime_server.url) :]]
+        assert session.done.wait(10)
+        assert_same_as_server(path, session)
+
+
+def test_match_records_only_matching_urls(realtime_server, captures) -> None:
+    result = rtcap_run(
+        captures, sys.executable, str(APPS / "ws_styles.py"), realtime_server.url, options=("--match", "*/sync")
+    )
+    assert result.returncode == 0, result.stderr
+    [path] = capture_files(captures)
+    assert read_capture(path).header["url"] == realtime_server.url + "/sync"
+
+
+def test_an_unwritable_capture_directory_does_not_break_the_app(realtime_server, tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = rtcap_run(blocker / "captures", sys.executable, str(APPS / "ws_styles.py"), realtime_server.url)
+    assert result.returncode == 0 and result.stdout.strip()
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("rtcap: warning:")]
+    assert len(warnings) == 1 and "cannot write captures" in warnings[0]
+
+
+def test_an_app_with_its_own_recorder_module_is_still_recorded(realtime_server, captures, tmp_path) -> None:
+    (tmp_path / "recorder.py").write_text("NAME = 'the app own recorder'\n")
+    (tmp_path / "app.py").write_text(
+        "import sys, recorder\n"
+        "from websockets.sync.client import connect\n"
+        "with connect(sys.argv[1]) as ws:\n"
+        "    ws.recv()\n"
+        "print(recorder.NAME)\n"
+    )
+    result = rtcap_run(captures, sys.executable, "app.py", realtime_server.url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "the app own recorder\n"
+    [path] = capture_files(captures)
+    assert len(read_capture(path).messages) == 1
+
+
+def test_exit_codes_and_existing_sitecustomize_pass_through(captures, tmp_path) -> None:
+    (tmp_path / "sitecustomize.py").write_text("import os\nos.environ['THEIRS'] = 'loaded'\n")
+    code = "import os, sys; print(os.environ.get('THEIRS')); sys.exit(7)"
+    result = rtcap_run(captures, sys.executable, "-c", code, pythonpath=str(tmp_path))
+    assert (result.returncode, result.stdout, result.stderr) == (7, "loaded\n", "")
+
+
+def test_an_interpreter_that_cannot_load_the_shim_gets_one_warning(captures, tmp_path) -> None:
+    # A Python without msgpack stands for one the shim cannot run in.
+    (tmp_path / "msgpack.py").write_text("raise ImportError('no msgpack here')\n")
+    script = f'PYTHONPATH="$PYTHONPATH:{tmp_path}" exec {sys.executable} -c "print(\'ran\')"'
+    result = rtcap_run(captures, "sh", "-c", script)
+    assert result.returncode == 0 and result.stdout == "ran\n"
+    [warning] = result.stderr.splitlines()
+    assert warning.startswith("rtcap: warning: this interpreter") and "rtcap proxy" in warning
+
+
+def test_kill_9_of_the_app_keeps_every_message_it_had(realtime_server, captures, tmp_path) -> None:
+    app = tmp_path / "stream.py"
+    app.write_text(
+        "import json, sys\n"
+        "from websockets.sync.client import connect\n"
+        "with connect(sys.argv[1]) as ws:\n"
+        "    print(ws.recv(), flush=True)\n"
+        "    ws.send(json.dumps({'type': 'test.stream', 'count': 5000}))\n"
+        "    for message in ws:\n"
+        "        print(message, flush=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTCAP_")}
+    proc = subprocess.Popen(
+        [RTCAP, "run", "--captures", str(captures), "--", sys.executable, str(app), realtime_server.url],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        got = [proc.stdout.readline().rstrip("\n") for _ in range(150)]
+        os.kill(proc.pid, signal.SIGKILL)  # rtcap run exec'd the app: this is the app
+        proc.wait(10)
+    finally:
+        proc.kill()
+        proc.wait()
+    capture = read_capture(capture_files(captures)[0])
+    assert capture.state == "damaged"
+    assert [m.data().decode() for m in capture.messages if m.direction == "sent"] == [
+        json.dumps({"type": "test.stream", "count": 5000})
+    ]
+    assert [m.data().decode() for m in capture.messages if m.direction == "received"][: len(got)] == got
+
+
+def test_install_uninstall_and_recording_in_process(realtime_server, captures) -> None:
+    originals = {name: Protocol.__dict__[name] for name in ("send_text", "events_received", "receive_eof")}
+
+    async def talk(path: str) -> None:
+        async with connect(realtime_server.url + path) as ws:
+            await ws.recv()
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+
+    with recorder.recording(captures=captures, labels={"via": "api"}):
+        assert Protocol.__dict__["send_text"] is not originals["send_text"]
+        asyncio.run(talk("/recorded"))
+    assert {name: Protocol.__dict__[name] for name in originals} == originals
+    asyncio.run(talk("/not-recorded"))
+    recorder.install(captures=captures, audio=False)
+    try:
+        asyncio.run(talk("/again"))
+    finally:
+        recorder.uninstall()
+    urls = [read_capture(p).header["url"] for p in capture_files(captures)]
+    assert urls == [realtime_server.url + "/recorded", realtime_server.url + "/again"]
+    first = read_capture(capture_files(captures)[0])
+    assert first.header["labels"] == {"via": "api"} and [m.data() for m in first.messages][1:] == [b"hello", b"hello"]
+    assert read_capture(capture_files(captures)[1]).header["audio"] is False
+
+
+def test_uninstall_ends_sessions_still_open(realtime_server, captures) -> None:
+    async def talk() -> None:
+        async with connect(realtime_server.url) as ws:
+            await ws.recv()
+            recorder.uninstall()
+            await ws.send("after uninstall")
+            await ws.recv()
+
+    recorder.install(captures=captures)
+    asyncio.run(talk())
+    capture = read_capture(capture_files(captures)[0])
+    assert capture.state == "closed" and len(capture.messages) == 1
+    assert capture.end["error"] == "recording stopped (recorder.uninstall)"

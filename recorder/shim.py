@@ -79,8 +79,8 @@ class _Connection:
         self.lock = threading.Lock()
         self.ended = False
 
-    def start(self, response: Any | None) -> None:
-        """The handshake ended: with a response (101, or a rejection), or with none."""
+    def start(self, status: int | None, headers: Any = None, body: bytes = b"") -> None:
+        """The handshake ended: with a 101, a rejection, or no response at all."""
         session_id = new_session_id()
         config = self.config
         self.recorder = SessionRecorder(
@@ -95,14 +95,14 @@ class _Connection:
         )
         self.recorder.start(
             now_ns(),
-            status=response.status_code if response is not None else None,
-            response_headers=response.headers.raw_items() if response is not None else (),
-            subprotocol=response.headers.get("Sec-WebSocket-Protocol") if response is not None else None,
+            status=status,
+            response_headers=headers.raw_items() if headers is not None else (),
+            subprotocol=headers.get("Sec-WebSocket-Protocol") if headers is not None else None,
             subprotocols=self.offered,
         )
-        if response is not None and response.status_code != 101:
-            body = (response.body or b"").decode(errors="replace").strip()
-            self.end(closed_by="server", error=f"handshake rejected: HTTP {response.status_code} {body}".strip())
+        if status is not None and status != 101:
+            text = body.decode(errors="replace").strip()
+            self.end(closed_by="server", error=f"handshake rejected: HTTP {status} {text}".strip())
         else:
             _live.add(self)
 
@@ -153,8 +153,7 @@ def _guard(protocol: Any, session: _Connection, action: Any, *args: Any) -> None
         warn(f"recording stopped for a connection to {session.url}: {type(e).__name__}: {e}")
 
 
-def _url(protocol: Any, path: str) -> str:
-    uri = getattr(protocol, "uri", None) or getattr(protocol, "wsuri", None)
+def _url(uri: Any, path: str) -> str:
     if uri is None:
         return path
     scheme = "wss" if uri.secure else "ws"
@@ -168,20 +167,27 @@ def _url(protocol: Any, path: str) -> str:
 # -- the hooks ---------------------------------------------------------------------------
 
 
+def _open(protocol: Any, uri: Any, path: str, headers: Any) -> _Connection | None:
+    """Start following a connection whose handshake request is going out, if it matches."""
+    config = _config
+    if config is None:
+        return None
+    try:
+        url = _url(uri, path)
+        if config.match is not None and not fnmatch.fnmatchcase(url, config.match):
+            return None
+        offered = [p.strip() for v in headers.get_all("Sec-WebSocket-Protocol") for p in v.split(",")]
+        session = _Connection(config, url, list(headers.raw_items()), [p for p in offered if p])
+    except Exception as e:
+        warn(f"cannot record a connection: {type(e).__name__}: {e}")
+        return None
+    protocol.__dict__["_rtcap"] = session
+    return session
+
+
 def _patched_send_request(original: Any) -> Any:
     def send_request(self: Any, request: Any) -> None:
-        config = _config
-        if config is not None:
-            try:
-                url = _url(self, request.path)
-                if config.match is None or fnmatch.fnmatchcase(url, config.match):
-                    headers = list(request.headers.raw_items())
-                    offered = [
-                        p.strip() for v in request.headers.get_all("Sec-WebSocket-Protocol") for p in v.split(",")
-                    ]
-                    self.__dict__["_rtcap"] = _Connection(config, url, headers, [p for p in offered if p])
-            except Exception as e:
-                warn(f"cannot record a connection: {type(e).__name__}: {e}")
+        _open(self, getattr(self, "uri", None) or getattr(self, "wsuri", None), request.path, request.headers)
         return original(self, request)
 
     return send_request
@@ -203,7 +209,7 @@ def _received(session: _Connection, events: Iterable[Any]) -> None:
         opcode = getattr(event, "opcode", None)
         if opcode is None:
             if session.recorder is None and hasattr(event, "status_code"):
-                session.start(event)
+                session.start(event.status_code, event.headers, event.body or b"")
             continue
         if opcode in (_OP_TEXT, _OP_BINARY, _OP_CONT):
             session.frame(RECEIVED, int(opcode), event.data, event.fin)
@@ -242,27 +248,102 @@ def _finish(protocol: Any, session: _Connection) -> None:
     session.end(closed_by=closed_by, code=code, reason=reason)
 
 
-def _patch() -> None:
-    """Apply the hooks to the loaded websockets modules (once)."""
-    if _originals:
+# The legacy API (websockets.legacy: the default `websockets.connect` of websockets 13).
+
+
+def _patched_legacy_handshake(original: Any) -> Any:
+    async def handshake(self: Any, wsuri: Any, *args: Any, **kwargs: Any) -> None:
+        if _config is None:
+            return await original(self, wsuri, *args, **kwargs)
+        try:
+            await original(self, wsuri, *args, **kwargs)
+        except Exception as e:
+            # A rejection (InvalidStatusCode and kin) is recorded like the new API's.
+            status = getattr(e, "status_code", None)
+            if status is not None and self.__dict__.get("request_headers") is not None:
+                session = _open(self, wsuri, self.path, self.request_headers)
+                if session is not None:
+                    _guard(self, session, session.start, status, getattr(e, "headers", None))
+            raise
+        session = _open(self, wsuri, self.path, self.request_headers)
+        if session is not None:
+            _guard(self, session, session.start, 101, self.response_headers)
+
+    return handshake
+
+
+def _patched_legacy_write(original: Any) -> Any:
+    def write_frame_sync(self: Any, fin: bool, opcode: int, data: Any) -> None:
+        session = _session(self)
+        if session is not None and opcode in (_OP_CONT, _OP_TEXT, _OP_BINARY) and self.state.name == "OPEN":
+            _guard(self, session, session.frame, SENT, int(opcode), data, fin)
+        return original(self, fin, opcode, data)
+
+    return write_frame_sync
+
+
+def _patched_legacy_read(original: Any) -> Any:
+    async def read_data_frame(self: Any, max_size: int | None) -> Any:
+        frame = await original(self, max_size)
+        session = _session(self)
+        if session is not None and frame is not None:
+            _guard(self, session, session.frame, RECEIVED, int(frame.opcode), frame.data, frame.fin)
+        return frame
+
+    return read_data_frame
+
+
+def _patched_legacy_lost(original: Any) -> Any:
+    def connection_lost(self: Any, exc: Exception | None) -> None:
+        original(self, exc)
+        session = _session(self)
+        if session is not None and not session.ended:
+            _guard(self, session, _finish, self, session)
+
+    return connection_lost
+
+
+def _hooks(module: str) -> list[tuple[type, str, Any]]:
+    """What to patch once ``module`` is imported: (class, method, wrapper maker)."""
+    if module == "websockets.client":
+        from websockets.client import ClientProtocol
+        from websockets.protocol import Protocol
+
+        return [
+            (ClientProtocol, "send_request", _patched_send_request),
+            (Protocol, "events_received", _patched_events_received),
+            (Protocol, "send_text", lambda f: _patched_send(f, _OP_TEXT)),
+            (Protocol, "send_binary", lambda f: _patched_send(f, _OP_BINARY)),
+            (Protocol, "send_continuation", lambda f: _patched_send(f, _OP_CONT)),
+            (Protocol, "receive_eof", _patched_receive_eof),
+        ]
+    from websockets.legacy.client import WebSocketClientProtocol
+    from websockets.legacy.protocol import WebSocketCommonProtocol
+
+    return [
+        (WebSocketClientProtocol, "handshake", _patched_legacy_handshake),
+        (WebSocketCommonProtocol, "write_frame_sync", _patched_legacy_write),
+        (WebSocketCommonProtocol, "read_data_frame", _patched_legacy_read),
+        (WebSocketCommonProtocol, "connection_lost", _patched_legacy_lost),
+    ]
+
+
+HOOKED_MODULES = ("websockets.client", "websockets.legacy.client")
+_patched: set[str] = set()
+
+
+def _patch(module: str) -> None:
+    """Apply the hooks for a loaded websockets module (once)."""
+    if module in _patched:
         return
+    _patched.add(module)
     import websockets
-    from websockets.client import ClientProtocol
-    from websockets.protocol import Protocol
 
     version = getattr(websockets, "__version__", "0")
     if int(version.split(".")[0]) < 13:
         warn(f"websockets {version} is older than 13: its connections are not recorded; {USE_PROXY}")
         return
-    hooks = [
-        (ClientProtocol, "send_request", _patched_send_request),
-        (Protocol, "events_received", _patched_events_received),
-        (Protocol, "send_text", lambda f: _patched_send(f, _OP_TEXT)),
-        (Protocol, "send_binary", lambda f: _patched_send(f, _OP_BINARY)),
-        (Protocol, "send_continuation", lambda f: _patched_send(f, _OP_CONT)),
-        (Protocol, "receive_eof", _patched_receive_eof),
-    ]
-    for cls, name, make in hooks:
+    for cls, name, make in _hooks(module):
         original = cls.__dict__[name]
         _originals.append((cls, name, original))
         setattr(cls, name, make(original))
@@ -272,7 +353,7 @@ class _ImportHook(importlib.abc.MetaPathFinder):
     """Patches websockets when ``websockets.client`` is first imported."""
 
     def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
-        if name != "websockets.client":
+        if name not in HOOKED_MODULES:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
@@ -285,7 +366,7 @@ class _ImportHook(importlib.abc.MetaPathFinder):
             with _lock:
                 if _config is not None:
                     try:
-                        _patch()
+                        _patch(name)
                     except Exception as e:
                         warn(f"cannot hook websockets ({type(e).__name__}: {e}); {USE_PROXY}")
 
@@ -322,9 +403,10 @@ def install(
             match,
             Redactor(redact_headers, redact_query),
         )
-        if "websockets.client" in sys.modules:
-            _patch()
-        elif _hook not in sys.meta_path:
+        for module in HOOKED_MODULES:
+            if module in sys.modules:
+                _patch(module)
+        if _hook not in sys.meta_path:
             sys.meta_path.insert(0, _hook)
 
 
@@ -339,6 +421,7 @@ def uninstall() -> None:
         while _originals:
             cls, name, original = _originals.pop()
             setattr(cls, name, original)
+        _patched.clear()
         for session in list(_live):
             with session.lock:
                 session.end(closed_by=None, error="recording stopped (recorder.uninstall)")

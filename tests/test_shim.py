@@ -99,12 +99,19 @@ def test_every_websockets_api_style_is_recorded(realtime_server, captures, versi
     assert result.stdout.strip() == expected
     by_path = {s.path: s for s in realtime_server.sessions}
     paths = capture_files(captures)
-    assert len(paths) == 5
+    assert len(paths) == 8
+    rejected = []
     for path in paths:
-        url = read_capture(path).header["url"]
-        session = by_path[url[len(realtime_server.url) :]]
+        capture = read_capture(path)
+        route = capture.header["url"][len(realtime_server.url) :]
+        if capture.header["response_status"] == 401:
+            assert capture.state == "closed" and "HTTP 401" in capture.end["error"]
+            rejected.append(route)
+            continue
+        session = by_path[route]
         assert session.done.wait(10)
         assert_same_as_server(path, session)
+    assert sorted(rejected) == ["/legacy-rejected", "/rejected"]
 
 
 def test_match_records_only_matching_urls(realtime_server, captures) -> None:

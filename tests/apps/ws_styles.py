@@ -5,6 +5,7 @@ import asyncio
 import inspect
 import json
 import sys
+import warnings
 
 import websockets
 from websockets.asyncio.client import connect
@@ -68,6 +69,30 @@ async def subclassed() -> None:
         await ws.recv()
 
 
+async def legacy() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy is deprecated from 14 on
+        from websockets.legacy.client import connect as legacy_connect
+
+    async with legacy_connect(f"{URL}/legacy") as ws:
+        await ws.recv()
+        await ws.send(["legacy ", "fragments"])
+        assert await ws.recv() == "legacy fragments"
+        await ws.send(b"legacy bytes")
+        assert await ws.recv() == b"legacy bytes"
+    try:
+        await legacy_connect(f"{URL}/legacy-rejected", extra_headers={"Authorization": "Bearer reject-me"})
+    except websockets.InvalidStatusCode as e:
+        assert e.status_code == 401
+
+
+async def rejected() -> None:
+    try:
+        await connect(f"{URL}/rejected", additional_headers={"Authorization": "Bearer reject-me"})
+    except websockets.InvalidStatus as e:
+        assert e.response.status_code == 401
+
+
 def sync_styles() -> None:
     with sync_connect(f"{URL}/sync") as ws:
         # The sync recv(decode=...) came in websockets 14.
@@ -85,7 +110,7 @@ def sync_styles() -> None:
 
 
 async def main() -> None:
-    for style in (awaited, context_manager, iterator_and_streaming, subclassed):
+    for style in (awaited, context_manager, iterator_and_streaming, subclassed, legacy, rejected):
         await style()
     sync_styles()
     print(websockets.__version__)

@@ -151,6 +151,10 @@ class Scrubber:
                 redacted = True
         return text, redacted
 
+    def finds(self, data: bytes) -> bool:
+        """Whether any known secret value occurs in ``data``."""
+        return any(secret in data for secret in self._bytes)
+
     def scrub_bytes(self, data: bytes) -> tuple[bytes, bool]:
         """Redact known secret values from a binary message."""
         redacted = False

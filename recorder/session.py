@@ -12,6 +12,7 @@ import binascii
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -34,7 +35,21 @@ from .capture import (
 )
 from .redact import Redactor, Scrubber, redact_tools
 
+try:
+    from pybase64 import b64decode, b64encode
+except ImportError:  # the shim can land in an interpreter without it: slower, same result
+    from base64 import b64decode, b64encode
+
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+# The event type, when it is the first key (as servers and the SDK write it).
+_HEAD_TYPE = re.compile(rb'\{\s*"type"\s*:\s*"([A-Za-z0-9_.]{1,128})"')
+_DELTA_KEY = re.compile(rb'"delta"\s*:\s*"')
+_AUDIO_KEYS = {
+    b"input_audio_buffer.append": re.compile(rb'"audio"\s*:\s*"'),
+    b"response.output_audio.delta": _DELTA_KEY,
+    b"response.audio.delta": _DELTA_KEY,
+}
 
 # Silence for each audio format, as a byte to repeat (PCM16 silence is zeros).
 _SILENCE = {"g711_ulaw": 0xFF, "audio/pcmu": 0xFF, "g711_alaw": 0xD5, "audio/pcma": 0xD5}
@@ -182,13 +197,15 @@ class SessionRecorder:
             )
         )
 
-    def message(self, direction: int, data: str | bytes, now_ns: int) -> int:
-        """Record one message (``SENT`` or ``RECEIVED``); returns its ``seq``."""
+    def message(self, direction: int, data: str | bytes, now_ns: int, *, text: bool | None = None) -> int:
+        """Record one message (``SENT`` or ``RECEIVED``); returns its ``seq``. A ``str`` is
+        a text message; ``bytes`` are a binary one unless ``text`` is true (the UTF-8 of a
+        text message, as websockets' protocol layer holds it)."""
         seq = self.seq
         self.seq += 1
         t_ns = now_ns - (self.t0_ns if self.t0_ns is not None else now_ns)
-        if isinstance(data, str):
-            payload, splices, flags = self._text(direction, data)
+        if isinstance(data, str) or text:
+            payload, splices, flags = self._text(direction, data.encode() if isinstance(data, str) else data)
             opcode = TEXT
         else:
             payload, redacted = self.scrubber.scrub_bytes(data)
@@ -237,32 +254,78 @@ class SessionRecorder:
             self.incomplete = f"capture write failed: {e.strerror or e}"
             self.on_error(f"{self.incomplete}; session {self.session_id} goes on unrecorded")
 
-    def _text(self, direction: int, text: str) -> tuple[bytes, list[list[Any]] | None, int]:
-        obj = _json_object(text)
+    def _text(self, direction: int, data: bytes) -> tuple[bytes, list[list[Any]] | None, int]:
+        head = _HEAD_TYPE.match(data)
+        if head is None:
+            return self._parsed(direction, data)
+        kind = head.group(1)
+        # The hot path: a delta whose type comes first is cut without parsing. Anything
+        # that may hold tools, items or the session's audio format is parsed whole.
+        key = _AUDIO_KEYS.get(kind) or (_DELTA_KEY if kind.endswith(b"audio.delta") else None)
+        if key is None:
+            if kind.startswith(b"session.") or b'"tools"' in data or b'"item"' in data:
+                return self._parsed(direction, data)
+            return self._cut(direction, data, [], redacted=False)
+        found = key.search(data, head.end())
+        if found is None:
+            return self._parsed(direction, data)
+        start = found.end()
+        end = data.find(b'"', start)
+        if end <= start:
+            return self._parsed(direction, data)
+        before, after = data[:start], data[end:]
+        if b'"tools"' in before or b'"item"' in before or b'"tools"' in after or b'"item"' in after:
+            return self._parsed(direction, data)
+        raw = _decode_exact(data[start:end])
+        payload = before + after
+        if raw is None or self.scrubber.finds(payload):
+            return self._cut(direction, data, [(start, end)], redacted=False)
+        if self.audio:
+            return payload, [[start, raw]], 0
+        return payload, [[start, len(raw), self._silence[direction]]], AUDIO_DROPPED
+
+    def _parsed(self, direction: int, data: bytes) -> tuple[bytes, list[list[Any]] | None, int]:
+        obj = _json_object(data)
+        if obj is None:
+            return self._cut(direction, data, [], redacted=False)
         redacted = False
-        if obj is not None and '"tools"' in text and redact_tools(obj, self.scrubber):
-            text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        if b'"tools"' in data and redact_tools(obj, self.scrubber):
+            data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
             redacted = True
-        # Cut the audio out first, so secrets are only hunted for in what is left.
-        pieces: list[str] = []
-        audio: list[bytes] = []
+        self._track_format(direction, obj)
+        spans = []
         start = 0
-        if obj is not None:
-            self._track_format(direction, obj)
-            for value in _audio_strings(obj):
-                raw = _decode_exact(value)
-                offset = _find_string(text, value, start) if raw is not None else -1
-                if offset >= 0:
-                    pieces.append(text[start:offset])
-                    audio.append(raw)  # type: ignore[arg-type]
-                    start = offset + len(value)
-        pieces.append(text[start:])
+        for value in _audio_strings(obj):
+            offset = _find_string(data, value.encode(), start)
+            if offset >= 0:
+                start = offset + len(value)
+                spans.append((offset, start))
+        return self._cut(direction, data, spans, redacted=redacted)
+
+    def _cut(
+        self, direction: int, data: bytes, spans: list[tuple[int, int]], *, redacted: bool
+    ) -> tuple[bytes, list[list[Any]] | None, int]:
+        """Cut each base64 audio string (``data[start:end]``) that round-trips out of the
+        message, then hunt secrets in what is left, never in the audio."""
+        if not spans:
+            data, found = self.scrubber.scrub_bytes(data)
+            return data, None, REDACTED if redacted or found else 0
+        pieces: list[bytes] = []
+        audio: list[bytes] = []
+        position = 0
+        for start, end in spans:
+            raw = _decode_exact(data[start:end]) if end > start else None
+            if raw is not None:
+                pieces.append(data[position:start])
+                audio.append(raw)
+                position = end
+        pieces.append(data[position:])
         splices: list[list[Any]] = []
         payload = bytearray()
         for n, piece in enumerate(pieces):
-            piece, found = self.scrubber.scrub_text(piece)
+            piece, found = self.scrubber.scrub_bytes(piece)
             redacted |= found
-            payload += piece.encode()
+            payload += piece
             if n < len(audio):
                 if self.audio:
                     splices.append([len(payload), audio[n]])
@@ -327,39 +390,38 @@ def _audio_strings(obj: dict[str, Any]) -> list[str]:
     return found
 
 
-def _find_string(text: str, value: str, start: int) -> int:
-    """Where JSON string ``value`` stands unescaped in ``text`` (after its opening quote),
+def _find_string(data: bytes, value: bytes, start: int) -> int:
+    """Where JSON string ``value`` stands unescaped in ``data`` (after its opening quote),
     or -1. Searching for a short head, then checking the rest, is much faster than
     searching for a needle kilobytes long."""
-    head = '"' + value[:32]
-    offset = text.find(head, start)
+    head = b'"' + value[:32]
+    offset = data.find(head, start)
     while offset >= 0:
-        if text.startswith(value, offset + 1) and text.startswith('"', offset + 1 + len(value)):
+        if data.startswith(value, offset + 1) and data.startswith(b'"', offset + 1 + len(value)):
             return offset + 1
-        offset = text.find(head, offset + 1)
+        offset = data.find(head, offset + 1)
     return -1
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
+def _json_object(data: bytes) -> dict[str, Any] | None:
     """The JSON object a text message holds, or ``None``."""
-    if text[:1] != "{":
+    if data[:1] != b"{":
         return None
     try:
-        obj = json.loads(text)
+        obj = json.loads(data)
     except ValueError:
         return None
     return obj if isinstance(obj, dict) else None
 
 
-def _decode_exact(value: str) -> bytes | None:
-    """The bytes behind a base64 string, if encoding them again gives the same string.
-    (Decoding drops stray characters; the comparison catches them, and anything else
-    that would not round-trip.)"""
+def _decode_exact(value: bytes) -> bytes | None:
+    """The bytes behind a base64 string, if encoding them again gives the same string
+    (which rules out quotes, escapes, stray characters and non-canonical padding)."""
     try:
-        raw = binascii.a2b_base64(value)
+        raw = b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         return None
-    return raw if binascii.b2a_base64(raw, newline=False) == value.encode() else None
+    return raw if b64encode(raw) == value else None
 
 
 def now_ns() -> int:

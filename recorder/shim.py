@@ -30,6 +30,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from time import monotonic_ns
 from types import ModuleType
 from typing import Any
 
@@ -108,24 +109,22 @@ class _Connection:
 
     def frame(self, direction: int, opcode: int, data: Any, fin: bool) -> None:
         """Record a data frame, assembling fragments into their message."""
-        if self.recorder is None or self.ended:
+        recorder = self.recorder
+        if recorder is None or self.ended:
             return
-        if opcode == _OP_CONT:
+        if fin and opcode:  # a whole message in one frame: nearly every message
+            payload = data if type(data) is bytes else bytes(data)
+        elif opcode == _OP_CONT:
             first, parts = self.fragments.get(direction, (_OP_BINARY, []))
             parts.append(bytes(data))
             if not fin:
                 return
             del self.fragments[direction]
             opcode, payload = first, b"".join(parts)
-        elif not fin:
+        else:
             self.fragments[direction] = (opcode, [bytes(data)])
             return
-        else:
-            payload = bytes(data)
-        if opcode == _OP_TEXT:
-            self.recorder.message(direction, payload.decode("utf-8", errors="surrogateescape"), now_ns())
-        else:
-            self.recorder.message(direction, payload, now_ns())
+        recorder.message(direction, payload, monotonic_ns(), text=opcode == _OP_TEXT)
 
     def end(
         self, closed_by: str | None, code: int | None = None, reason: str | None = None, error: str | None = None
@@ -140,6 +139,13 @@ class _Connection:
 
 def _session(protocol: Any) -> _Connection | None:
     return protocol.__dict__.get("_rtcap")
+
+
+class _Open:
+    """Stands for websockets' ``State.OPEN`` until websockets is patched (and imported)."""
+
+
+_OPEN: Any = _Open
 
 
 def _guard(protocol: Any, session: _Connection, action: Any, *args: Any) -> None:
@@ -196,7 +202,7 @@ def _patched_send_request(original: Any) -> Any:
 def _patched_events_received(original: Any) -> Any:
     def events_received(self: Any) -> Any:
         events = original(self)
-        session = _session(self)
+        session = self.__dict__.get("_rtcap")
         if session is not None and events:
             _guard(self, session, _received, session, events)
         return events
@@ -210,15 +216,14 @@ def _received(session: _Connection, events: Iterable[Any]) -> None:
         if opcode is None:
             if session.recorder is None and hasattr(event, "status_code"):
                 session.start(event.status_code, event.headers, event.body or b"")
-            continue
-        if opcode in (_OP_TEXT, _OP_BINARY, _OP_CONT):
-            session.frame(RECEIVED, int(opcode), event.data, event.fin)
+        elif opcode <= _OP_BINARY:
+            session.frame(RECEIVED, opcode, event.data, event.fin)
 
 
 def _patched_send(original: Any, opcode: int) -> Any:
     def send(self: Any, data: Any, fin: bool = True) -> None:
-        session = _session(self)
-        if session is not None and self.state.name == "OPEN":
+        session = self.__dict__.get("_rtcap")
+        if session is not None and self.state is _OPEN:
             _guard(self, session, session.frame, SENT, opcode, data, fin)
         return original(self, data, fin)
 
@@ -275,7 +280,7 @@ def _patched_legacy_handshake(original: Any) -> Any:
 def _patched_legacy_write(original: Any) -> Any:
     def write_frame_sync(self: Any, fin: bool, opcode: int, data: Any) -> None:
         session = _session(self)
-        if session is not None and opcode in (_OP_CONT, _OP_TEXT, _OP_BINARY) and self.state.name == "OPEN":
+        if session is not None and opcode <= _OP_BINARY and self.state is _OPEN:
             _guard(self, session, session.frame, SENT, int(opcode), data, fin)
         return original(self, fin, opcode, data)
 
@@ -343,6 +348,10 @@ def _patch(module: str) -> None:
     if int(version.split(".")[0]) < 13:
         warn(f"websockets {version} is older than 13: its connections are not recorded; {USE_PROXY}")
         return
+    global _OPEN
+    from websockets.protocol import State
+
+    _OPEN = State.OPEN
     for cls, name, make in _hooks(module):
         original = cls.__dict__[name]
         _originals.append((cls, name, original))

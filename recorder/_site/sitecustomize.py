@@ -24,7 +24,8 @@ def _rtcap_load():
     except Exception as e:
         sys.stderr.write(
             "rtcap: warning: this interpreter (%s) cannot load the rtcap shim (%s: %s); "
-            "record it with `rtcap proxy` instead\n" % (sys.executable, type(e).__name__, e)
+            "install rtcap in its environment, or record it with `rtcap proxy` instead\n"
+            % (sys.executable, type(e).__name__, e)
         )
     return here
 

@@ -1,0 +1,204 @@
+"""What the in-process shim costs an app, per message and in throughput.
+
+Two measurements, each alternating "no shim" and "shim" rounds in one run:
+
+1. Per-message cost at p50: websockets' sans-I/O client protocol, after a real handshake,
+   fed one server frame at a time (``receive_data`` + ``events_received``, the path every
+   received message takes in the asyncio and sync clients) and sending one message at a
+   time (``send_text`` + ``data_to_send``). Each message is timed alone; the shim's cost is
+   the difference of the medians. Target: at most 10 microseconds added at p50.
+2. Throughput: an asyncio websockets client receiving a stream from a source server in
+   its own process (bench/source_server.py), messages per second with and without the
+   shim. Target: under 10% loss.
+
+Small messages are transcript deltas; audio messages carry 100 ms of PCM16 (4,800 bytes).
+Run: ``make bench`` (or ``.venv/bin/python bench/shim_bench.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+import recorder
+
+HERE = Path(__file__).parent
+SMALL = json.dumps(
+    {
+        "type": "response.output_audio_transcript.delta",
+        "event_id": "event_CAbVx0000000000000001",
+        "response_id": "resp_CAbVxZ2wQ3kLm9NpRt7Yu",
+        "item_id": "item_CAbVxa8HsJ4dKf1GhP0Qe",
+        "output_index": 0,
+        "content_index": 0,
+        "delta": "weather ",
+    }
+)
+AUDIO = json.dumps(
+    {
+        "type": "response.output_audio.delta",
+        "event_id": "event_CAbVx0000000000000002",
+        "response_id": "resp_CAbVxZ2wQ3kLm9NpRt7Yu",
+        "item_id": "item_CAbVxa8HsJ4dKf1GhP0Qe",
+        "output_index": 0,
+        "content_index": 0,
+        "delta": base64.b64encode(os.urandom(4800)).decode(),
+    }
+)
+APPEND = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(os.urandom(4800)).decode()})
+PER_MESSAGE_N = 20_000
+ROUNDS = 4
+
+
+def open_pair() -> tuple[ClientProtocol, ServerProtocol]:
+    """A client and a server protocol after a real opening handshake, no sockets."""
+    client = ClientProtocol(parse_uri("ws://127.0.0.1:1/v1/realtime?model=bench"), max_size=None)
+    server = ServerProtocol(max_size=None)
+    client.send_request(client.connect())
+    for data in client.data_to_send():
+        server.receive_data(data)
+    [request] = server.events_received()
+    server.send_response(server.accept(request))
+    for data in server.data_to_send():
+        client.receive_data(data)
+    client.events_received()
+    return client, server
+
+
+def time_received(message: str, count: int) -> list[int]:
+    """Nanoseconds per received message: the client parsing one server frame."""
+    client, server = open_pair()
+    server.send_text(message.encode())
+    [frame] = server.data_to_send()
+    timings = []
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        start = clock()
+        client.receive_data(frame)
+        client.events_received()
+        timings.append(clock() - start)
+    return timings
+
+
+def time_sent(message: str, count: int) -> list[int]:
+    """Nanoseconds per sent message: the client framing one text message."""
+    client, _ = open_pair()
+    data = message.encode()
+    timings = []
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        start = clock()
+        client.send_text(data)
+        client.data_to_send()
+        timings.append(clock() - start)
+    return timings
+
+
+def per_message(captures: Path) -> dict[str, tuple[float, float]]:
+    """Median microseconds per message without and with the shim, per case."""
+    cases = {
+        "received small": lambda: time_received(SMALL, PER_MESSAGE_N),
+        "received audio": lambda: time_received(AUDIO, PER_MESSAGE_N),
+        "sent small": lambda: time_sent(SMALL, PER_MESSAGE_N),
+        "sent audio": lambda: time_sent(APPEND, PER_MESSAGE_N),
+    }
+    samples: dict[str, dict[bool, list[int]]] = {name: {False: [], True: []} for name in cases}
+    for _ in range(ROUNDS):
+        for shim in (False, True):
+            if shim:
+                recorder.install(captures=captures)
+            try:
+                for name, run in cases.items():
+                    samples[name][shim].extend(run())
+            finally:
+                if shim:
+                    recorder.uninstall()
+    return {name: (statistics.median(s[False]) / 1e3, statistics.median(s[True]) / 1e3) for name, s in samples.items()}
+
+
+async def receive_stream(url: str, kind: str, count: int) -> float:
+    """Messages per second an asyncio client receives from the source server."""
+    async with connect(url, max_size=None, compression=None) as ws:
+        start = time.perf_counter()
+        await ws.send(json.dumps({"type": "bench.stream", "kind": kind, "count": count}, separators=(",", ":")))
+        received = 0
+        async for message in ws:
+            if message == '{"type":"bench.done"}':
+                break
+            received += 1
+        elapsed = time.perf_counter() - start
+    assert received == count, (received, count)
+    return count / elapsed
+
+
+def throughput(url: str, captures: Path) -> dict[str, tuple[float, float]]:
+    """Median messages per second without and with the shim, per kind, alternating."""
+    counts = {"small": 50_000, "audio": 10_000}
+    rates: dict[str, dict[bool, list[float]]] = {kind: {False: [], True: []} for kind in counts}
+    for _ in range(ROUNDS + 1):
+        for shim in (False, True):
+            if shim:
+                recorder.install(captures=captures)
+            try:
+                for kind, count in counts.items():
+                    rates[kind][shim].append(asyncio.run(receive_stream(url, kind, count)))
+            finally:
+                if shim:
+                    recorder.uninstall()
+    # The first round warms up both variants and is not counted.
+    return {kind: (statistics.median(r[False][1:]), statistics.median(r[True][1:])) for kind, r in rates.items()}
+
+
+def main() -> int:
+    import websockets
+
+    print(
+        f"shim benchmark: python {sys.version.split()[0]}, websockets {websockets.__version__}, {os.cpu_count()} CPUs"
+    )
+    server = subprocess.Popen([sys.executable, str(HERE / "source_server.py")], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        with tempfile.TemporaryDirectory(prefix="rtcap-shim-bench-") as tmp:
+            captures = Path(tmp)
+            costs = per_message(captures)
+            rates = throughput(f"ws://127.0.0.1:{port}/v1/realtime", captures)
+            written = sum(p.stat().st_size for p in captures.rglob("*.msgpack"))
+    finally:
+        server.terminate()
+        server.wait(10)
+
+    print(f"\nper-message cost, median of {ROUNDS} x {PER_MESSAGE_N:,} messages per case (target: <= 10 us added)")
+    print(f"  {'case':<16} {'no shim':>9} {'shim':>9} {'added':>9}")
+    worst = 0.0
+    for name, (plain, shim) in costs.items():
+        worst = max(worst, shim - plain)
+        print(f"  {name:<16} {plain:>7.2f}us {shim:>7.2f}us {shim - plain:>7.2f}us")
+    print(f"  worst added at p50: {worst:.2f} us  {'PASS' if worst <= 10 else 'MISS'}")
+
+    print(f"\nthroughput, asyncio client receiving a stream, median of {ROUNDS} rounds (target: < 10% loss)")
+    print(f"  {'kind':<8} {'no shim':>12} {'shim':>12} {'loss':>7}")
+    worst_loss = 0.0
+    for kind, (plain, shim) in rates.items():
+        loss = 1 - shim / plain
+        worst_loss = max(worst_loss, loss)
+        print(f"  {kind:<8} {plain:>10,.0f}/s {shim:>10,.0f}/s {loss:>6.1%}")
+    print(f"  worst loss: {worst_loss:.1%}  {'PASS' if worst_loss < 0.10 else 'MISS'}")
+    print(f"\ncaptures written during the run: {written / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

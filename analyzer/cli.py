@@ -217,6 +217,89 @@ def run(
         raise Failure(f"cannot run {command[0]}: {e.strerror or e}") from None
 
 
+@cli.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:8766",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to listen (port 0 picks a free one).",
+)
+@click.option("--fault", "faults", multiple=True, metavar="RULE", help="A fault rule (repeatable); see below.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random, per session.")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Divide all pacing by F (tests use 1000).",
+)
+@click.option(
+    "--max-session",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1800,
+    show_default=True,
+    metavar="SECONDS",
+    help="Send session_expired and close after this long.",
+)
+@click.option("--api-key", metavar="KEY", help="Accept only this key (else any); others get a 401 like the real API's.")
+@click.option("--record", is_flag=True, help="Record the simulator's sessions into the capture directory.")
+@captures_option
+def simulate(
+    listen: str,
+    faults: tuple[str, ...],
+    seed: int,
+    speed: float,
+    max_session: float,
+    api_key: str | None,
+    record: bool,
+    captures: Path,
+) -> None:
+    """Run a simulated realtime server (OpenAI and Azure, GA and beta) with faults.
+
+    It speaks the realtime protocol at /v1/realtime?model=M (OpenAI),
+    /openai/v1/realtime?model=D (Azure GA) and /openai/realtime?api-version=V&deployment=D
+    (Azure preview, beta dialect; also `OpenAI-Beta: realtime=v1`): sessions, server VAD
+    on the audio's energy, manual commits, conversation items, responses with audio,
+    transcripts and tool calls, cancel, truncate, and the usual errors.
+
+    \b
+    A fault RULE is an effect, then options and triggers:
+      fail | error | drop | close | stall | ratelimit
+      p=0.05  nth=3  sent=TYPE  field=TYPE:PATH=VALUE  audio_ms>N  rate>N  age>S  tokens>N
+      message=TEXT|none  code=CODE|none  error_type=T  reason=TEXT  seconds=S  at=K
+    Triggers all hold for the rule to fire; conditions look at what the client sent since
+    the previous response began.
+
+    \b
+    Example:
+      rtcap simulate --seed 7 --fault "fail p=0.04" --fault "fail sent=conversation.item.truncate p=0.8"
+    """
+    from analyzer.faults import RuleError, parse_rules
+    from analyzer.simulator import Simulator, run_simulator
+    from recorder.proxy import parse_listen
+
+    try:
+        rules = parse_rules(faults)
+        host, port = parse_listen(listen, 8766)
+    except (RuleError, ValueError) as e:
+        raise BadUsage(str(e)) from None
+    simulator = Simulator(
+        rules,
+        seed=seed,
+        speed=speed,
+        max_session_s=max_session,
+        api_key=api_key,
+        record=record,
+        captures=captures.absolute(),
+        log=lambda line: click.echo(line),
+    )
+    try:
+        asyncio.run(run_simulator(simulator, host, port, ready=lambda line: click.echo(line)))
+    except OSError as e:
+        raise Failure(f"cannot listen on {listen}: {e.strerror or e}") from None
+
+
 # -- exploring ------------------------------------------------------------------------
 
 

@@ -171,9 +171,7 @@ class Simulator:
             recorder="simulator",
         )
         response = ws.response.headers.raw_items() if ws.response else ()
-        recorder.start(
-            now_ns(), wall=dt.datetime.now(dt.UTC), response_headers=response, subprotocol=ws.subprotocol
-        )
+        recorder.start(now_ns(), wall=dt.datetime.now(dt.UTC), response_headers=response, subprotocol=ws.subprotocol)
         return recorder
 
 

@@ -271,6 +271,7 @@ def _json_response(connection: ServerConnection, status: int, kind: str, code: s
     body = json.dumps({"error": {"type": kind, "code": code, "message": message, "param": None}})
     response = connection.respond(status, body)
     response.headers["Content-Type"] = "application/json"
+    response.headers["x-request-id"] = f"req_{random.getrandbits(64):016x}"
     return response
 
 

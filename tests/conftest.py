@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from analyzer.simulator import RunningSimulator, Simulator
 from recorder.proxy import RecordingProxy, run_proxy
 from recorder.redact import Redactor
-from tests.realtime_server import RealtimeTestServer
 
 PROXY_VARS = (
     "HTTPS_PROXY",
@@ -22,6 +22,7 @@ PROXY_VARS = (
     "NO_PROXY",
     "no_proxy",
 )
+REALTIME = "/v1/realtime?model=gpt-realtime"
 
 
 @pytest.fixture(autouse=True)
@@ -34,9 +35,24 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def realtime_server() -> Iterator[RealtimeTestServer]:
-    with RealtimeTestServer() as server:
-        yield server
+def start_simulator() -> Iterator[Any]:
+    """Start `rtcap simulate` servers (fast, seeded, logging every message) on port 0."""
+    started: list[RunningSimulator] = []
+
+    def start(*faults: str, **options: Any) -> RunningSimulator:
+        options.setdefault("speed", 1000)
+        simulator = RunningSimulator(Simulator(faults, keep_log=True, **options)).start()
+        started.append(simulator)
+        return simulator
+
+    yield start
+    for simulator in started:
+        simulator.stop()
+
+
+@pytest.fixture
+def simulator(start_simulator: Any) -> RunningSimulator:
+    return start_simulator()
 
 
 class ProxyThread:

@@ -22,6 +22,7 @@ from analyzer.cli import cli
 from analyzer.locate import capture_files
 from recorder.capture import read_capture
 from recorder.proxy import upstream_url
+from tests.conftest import REALTIME
 
 CANARY = "sk-canary-5f2b9c1e7a4d"
 
@@ -37,6 +38,25 @@ def only_capture(captures: Path) -> Path:
     return path
 
 
+def audio_bytes(messages) -> int:
+    """Decoded audio bytes in a list of JSON texts (appends and audio deltas)."""
+    total = 0
+    for text in messages:
+        event = json.loads(text)
+        value = event.get("audio") if event["type"] == "input_audio_buffer.append" else event.get("delta")
+        if event["type"].endswith("audio.delta") or event["type"] == "input_audio_buffer.append":
+            total += len(base64.b64decode(value))
+    return total
+
+
+def until_done(ws) -> list[str]:
+    """Receive until the response ends; returns what came."""
+    got = [ws.recv()]
+    while json.loads(got[-1])["type"] != "response.done":
+        got.append(ws.recv())
+    return got
+
+
 def wait_for(predicate, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -45,8 +65,8 @@ def wait_for(predicate, timeout: float = 10) -> None:
         time.sleep(0.005)
 
 
-def test_openai_sdk_through_the_proxy_is_recorded_byte_for_byte(realtime_server, start_proxy, captures) -> None:
-    proxy = start_proxy(realtime_server.url, labels={"app": "sdk"})
+def test_openai_sdk_through_the_proxy_is_recorded_byte_for_byte(simulator, start_proxy, captures) -> None:
+    proxy = start_proxy(simulator.url, labels={"app": "sdk"})
     received = []
 
     async def talk() -> None:
@@ -62,9 +82,9 @@ def test_openai_sdk_through_the_proxy_is_recorded_byte_for_byte(realtime_server,
                     break
 
     asyncio.run(talk())
-    [session] = realtime_server.sessions
+    [session] = simulator.sessions
     session.done.wait(10)
-    assert session.path == "/v1/realtime?model=gpt-realtime"
+    assert session.path == REALTIME
     wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
     path = only_capture(captures)
     rows = export(captures, path.stem)
@@ -74,28 +94,29 @@ def test_openai_sdk_through_the_proxy_is_recorded_byte_for_byte(realtime_server,
     assert received[-1] == "response.done" and len(received) == len(session.sent)
     got = read_capture(path)
     assert got.header["labels"] == {"app": "sdk"}
-    assert got.header["url"] == realtime_server.url + "/v1/realtime?model=gpt-realtime"
+    assert got.header["url"] == simulator.url + REALTIME
     assert got.end is not None and (got.end["closed_by"], got.end["code"]) == ("client", 1000)
-    assert sum(len(a) for m in got.messages for a in m.audio()) == 4800 + 4 * 4800
+    expected = audio_bytes(session.received) + audio_bytes(session.sent)
+    assert expected > 4800 and sum(len(a) for m in got.messages for a in m.audio()) == expected
     assert CANARY.encode() not in path.read_bytes()
 
 
-def test_a_canary_key_appears_nowhere_in_the_captures(realtime_server, start_proxy, captures) -> None:
-    proxy = start_proxy(realtime_server.url)
+def test_a_canary_key_appears_nowhere_in_the_captures(simulator, start_proxy, captures) -> None:
+    proxy = start_proxy(simulator.url)
     with connect(
-        f"{proxy.url}/v1/realtime?model=m&api-key={CANARY}",
+        f"{proxy.url}{REALTIME}&api-key={CANARY}",
         additional_headers={"Authorization": f"Bearer {CANARY}", "api-key": CANARY, "X-Custom": "kept"},
         subprotocols=["realtime", f"openai-insecure-api-key.{CANARY}"],
     ) as ws:
         assert ws.subprotocol == "realtime"
         ws.recv()  # session.created
-        ws.send(json.dumps({"type": "test.echo_header", "name": "api-key"}))
+        ws.send(json.dumps({"type": CANARY}))  # the server's error echoes the bad value
         echoed = json.loads(ws.recv())
         assert CANARY in echoed["error"]["message"]
         tools = [{"type": "mcp", "authorization": "mcp-secret-0000", "headers": {"X-Token": "hdr-secret-0000"}}]
         ws.send(json.dumps({"type": "session.update", "session": {"tools": tools}}))
         ws.recv()
-    [session] = realtime_server.sessions
+    [session] = simulator.sessions
     session.done.wait(10)
     # The server got the real credentials...
     assert session.headers["api-key"] == CANARY and session.headers["X-Custom"] == "kept"
@@ -115,26 +136,27 @@ def test_a_canary_key_appears_nowhere_in_the_captures(realtime_server, start_pro
     assert "openai-insecure-api-key.[REDACTED]" in headers["sec-websocket-protocol"]
     assert "api-key=[REDACTED]" in got.header["url"]
     rows = export(captures, got.session_id)
-    assert [r["redacted"] for r in rows] == [False, False, True, True, True]
+    assert [r["redacted"] for r in rows] == [False, True, True, True, True]
 
 
-def test_user_named_secrets_are_redacted_too(realtime_server, start_proxy, captures) -> None:
-    proxy = start_proxy(realtime_server.url, redact_headers=["X-Tenant"], redact_query=["sig"])
-    with connect(f"{proxy.url}/rt?sig=signature-secret", additional_headers={"X-Tenant": "tenant-secret"}) as ws:
+def test_user_named_secrets_are_redacted_too(simulator, start_proxy, captures) -> None:
+    proxy = start_proxy(simulator.url, redact_headers=["X-Tenant"], redact_query=["sig"])
+    with connect(f"{proxy.url}{REALTIME}&sig=signature-secret", additional_headers={"X-Tenant": "tenant-secret"}) as ws:
         ws.recv()
     wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
     blob = only_capture(captures).read_bytes()
     assert b"signature-secret" not in blob and b"tenant-secret" not in blob
 
 
-def test_an_upstream_401_reaches_the_client_as_401(realtime_server, start_proxy, captures) -> None:
-    proxy = start_proxy(realtime_server.url)
+def test_an_upstream_401_reaches_the_client_as_401(start_simulator, start_proxy, captures) -> None:
+    simulator = start_simulator(api_key="sk-the-right-key-0000")
+    proxy = start_proxy(simulator.url)
     with pytest.raises(InvalidStatus) as caught:
-        connect(f"{proxy.url}/v1/realtime", additional_headers={"Authorization": "Bearer reject-me-please"})
+        connect(f"{proxy.url}{REALTIME}", additional_headers={"Authorization": "Bearer reject-me-please"})
     response = caught.value.response
     assert response.status_code == 401
     assert json.loads(response.body)["error"]["code"] == "invalid_api_key"
-    assert response.headers["X-Request-Id"] == "req_401"
+    assert response.headers["X-Request-Id"].startswith("req_")
     got = read_capture(only_capture(captures))
     assert got.state == "closed" and got.header["response_status"] == 401
     assert "HTTP 401" in got.end["error"] and b"reject-me-please" not in only_capture(captures).read_bytes()
@@ -151,25 +173,26 @@ def test_an_unreachable_upstream_gives_502_and_a_recorded_session(start_proxy, c
 
 
 @pytest.mark.parametrize(("code", "reason"), [(1011, "internal error"), (1000, "done"), (4001, "app code")])
-def test_server_close_codes_reach_the_client(realtime_server, start_proxy, captures, code, reason) -> None:
-    proxy = start_proxy(realtime_server.url)
-    with connect(proxy.url) as ws:
+def test_server_close_codes_reach_the_client(start_simulator, start_proxy, captures, code, reason) -> None:
+    simulator = start_simulator(f"close code={code} reason={reason.replace(' ', '_')}")
+    proxy = start_proxy(simulator.url)
+    with connect(proxy.url + REALTIME) as ws:
         ws.recv()
-        ws.send(json.dumps({"type": "test.close", "code": code, "reason": reason}))
+        ws.send(json.dumps({"type": "response.create"}))
         with pytest.raises(ConnectionClosed):
-            ws.recv()
+            until_done(ws)
         assert (ws.close_code, ws.close_reason) == (code, reason)
     wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
     end = read_capture(only_capture(captures)).end
     assert (end["closed_by"], end["code"], end["reason"]) == ("server", code, reason)
 
 
-def test_client_close_codes_reach_the_server(realtime_server, start_proxy, captures) -> None:
-    proxy = start_proxy(realtime_server.url)
-    with connect(proxy.url) as ws:
+def test_client_close_codes_reach_the_server(simulator, start_proxy, captures) -> None:
+    proxy = start_proxy(simulator.url)
+    with connect(proxy.url + REALTIME) as ws:
         ws.recv()
         ws.close(4002, "client says bye")
-    [session] = realtime_server.sessions
+    [session] = simulator.sessions
     assert session.done.wait(10)
     assert (session.close_code, session.close_reason) == (4002, "client says bye")
     wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
@@ -177,78 +200,77 @@ def test_client_close_codes_reach_the_server(realtime_server, start_proxy, captu
     assert (end["closed_by"], end["code"]) == ("client", 4002)
 
 
-def test_a_dropped_upstream_is_a_dropped_client(realtime_server, start_proxy, captures) -> None:
-    proxy = start_proxy(realtime_server.url)
-    with connect(proxy.url) as ws:
+def test_a_dropped_upstream_is_a_dropped_client(start_simulator, start_proxy, captures) -> None:
+    proxy = start_proxy(start_simulator("drop nth=1").url)
+    with connect(proxy.url + REALTIME) as ws:
         ws.recv()
-        ws.send(json.dumps({"type": "test.drop"}))
+        ws.send(json.dumps({"type": "response.create"}))
         with pytest.raises(ConnectionClosed):
-            ws.recv()
+            until_done(ws)
         assert ws.close_code == 1006
     wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
     end = read_capture(only_capture(captures)).end
     assert (end["closed_by"], end["code"]) == ("server", 1006)
 
 
-def test_large_binary_and_non_json_messages_and_ping(realtime_server, start_proxy, captures) -> None:
-    proxy = start_proxy(realtime_server.url)
+def test_large_binary_and_non_json_messages_and_ping(simulator, start_proxy, captures) -> None:
+    proxy = start_proxy(simulator.url)
     big = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(os.urandom(3 << 20)).decode()})
-    with connect(proxy.url, max_size=None) as ws:
+    with connect(proxy.url + REALTIME, max_size=None) as ws:
         ws.recv()
         ws.send(big)
+        ws.recv()  # speech_started: random bytes are loud
         ws.send(b"\x00\x01\x02binary")
-        assert ws.recv() == b"\x00\x01\x02binary"
+        assert json.loads(ws.recv())["type"] == "error"
         ws.send("hello, not json")
-        assert ws.recv() == "hello, not json"
+        assert json.loads(ws.recv())["error"]["code"] == "invalid_json"
         assert ws.ping().wait(10)
+    [session] = simulator.sessions
+    session.done.wait(10)
     wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
     rows = export(captures, only_capture(captures).stem)
     assert rows[1]["data"] == big and rows[1]["opcode"] == "text"
-    assert [(r["opcode"], r["data"]) for r in rows[2:]] == [
-        ("binary", base64.b64encode(b"\x00\x01\x02binary").decode()),
-        ("binary", base64.b64encode(b"\x00\x01\x02binary").decode()),
-        ("text", "hello, not json"),
-        ("text", "hello, not json"),
+    sent = [
+        r["data"] if r["opcode"] == "text" else base64.b64decode(r["data"]) for r in rows if r["direction"] == "sent"
     ]
+    assert sent == session.received == [big, b"\x00\x01\x02binary", "hello, not json"]
+    assert [r["data"] for r in rows if r["direction"] == "received"] == session.sent
 
 
-def test_concurrent_connections_get_their_own_files(realtime_server, start_proxy, captures) -> None:
-    proxy = start_proxy(realtime_server.url)
+def test_concurrent_connections_get_their_own_files(simulator, start_proxy, captures) -> None:
+    proxy = start_proxy(simulator.url)
 
     async def one(n: int) -> None:
         from websockets.asyncio.client import connect as aconnect
 
-        async with aconnect(f"{proxy.url}/s{n}") as ws:
+        async with aconnect(f"{proxy.url}{REALTIME}&n={n}") as ws:
             await ws.recv()
-            await ws.send(json.dumps({"type": "test.stream", "count": 20}))
-            for _ in range(3 + 2 * 20 + 1):
-                await ws.recv()
+            await ws.send(json.dumps({"type": "response.create"}))
+            while json.loads(await ws.recv())["type"] != "response.done":
+                pass
 
     async def many() -> None:
         await asyncio.gather(*(one(n) for n in range(5)))
 
     asyncio.run(many())
-    wait_for(
-        lambda: (
-            len(capture_files(captures)) == 5
-            and all(read_capture(p).state == "closed" for p in capture_files(captures))
-        )
-    )
-    urls = sorted(read_capture(p).header["url"] for p in capture_files(captures))
-    assert urls == [f"{realtime_server.url}/s{n}" for n in range(5)]
-    assert all(len(read_capture(p).messages) == 1 + 1 + 3 + 40 + 1 for p in capture_files(captures))
+    paths = capture_files(captures)
+    wait_for(lambda: len(capture_files(captures)) == 5 and all(read_capture(p).state == "closed" for p in paths))
+    by_url = {read_capture(p).header["url"]: read_capture(p) for p in capture_files(captures)}
+    assert sorted(by_url) == sorted(f"{simulator.url}{REALTIME}&n={n}" for n in range(5))
+    for session in simulator.sessions:
+        capture = by_url[simulator.url + session.path]
+        assert [m.data().decode() for m in capture.messages if m.direction == "received"] == session.sent
 
 
-def test_an_unwritable_capture_directory_never_stops_the_relay(realtime_server, start_proxy, tmp_path, capsys) -> None:
+def test_an_unwritable_capture_directory_never_stops_the_relay(simulator, start_proxy, tmp_path, capsys) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    proxy = start_proxy(realtime_server.url, captures=blocker / "captures")
+    proxy = start_proxy(simulator.url, captures=blocker / "captures")
     for _ in range(2):
-        with connect(proxy.url) as ws:
+        with connect(proxy.url + REALTIME) as ws:
             assert json.loads(ws.recv())["type"] == "session.created"
             ws.send(json.dumps({"type": "response.create"}))
-            while json.loads(ws.recv())["type"] != "response.done":
-                pass
+            until_done(ws)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "cannot write captures" in line]
     assert len(warnings) == 1
 
@@ -264,7 +286,8 @@ def test_upstream_url_joins_paths_and_merges_queries() -> None:
     assert upstream_url("wss://h", "/v1/realtime") == "wss://h/v1/realtime"
 
 
-def test_kill_9_mid_stream_keeps_every_message_the_client_received(realtime_server, tmp_path) -> None:
+def test_kill_9_mid_stream_keeps_every_message_the_client_received(start_simulator, tmp_path) -> None:
+    simulator = start_simulator(speed=5)  # slow enough that the kill lands inside a response
     captures = tmp_path / "captures"
     proc = subprocess.Popen(
         [
@@ -273,7 +296,7 @@ def test_kill_9_mid_stream_keeps_every_message_the_client_received(realtime_serv
             "analyzer",
             "proxy",
             "--upstream",
-            realtime_server.url,
+            simulator.url,
             "--listen",
             "127.0.0.1:0",
             "--captures",
@@ -288,10 +311,10 @@ def test_kill_9_mid_stream_keeps_every_message_the_client_received(realtime_serv
         assert first.startswith("rtcap proxy: ws://127.0.0.1:")
         url = first.split()[2]
         got = []
-        with connect(url, close_timeout=0.1) as ws:
+        with connect(url + REALTIME, close_timeout=0.1) as ws:
             got.append(ws.recv())
-            ws.send(json.dumps({"type": "test.stream", "count": 5000}))
-            for _ in range(200):
+            ws.send(json.dumps({"type": "response.create"}))
+            for _ in range(10):  # a few deltas into the response
                 got.append(ws.recv())
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
@@ -302,35 +325,36 @@ def test_kill_9_mid_stream_keeps_every_message_the_client_received(realtime_serv
     assert capture.state == "damaged"
     recorded = [m.data().decode() for m in capture.messages if m.direction == "received"]
     assert recorded[: len(got)] == got
+    assert json.loads(got[-1])["type"].endswith("delta")
 
 
-def test_a_dropped_client_is_a_dropped_upstream(realtime_server, start_proxy, captures) -> None:
-    proxy = start_proxy(realtime_server.url)
+def test_a_dropped_client_is_a_dropped_upstream(simulator, start_proxy, captures) -> None:
+    proxy = start_proxy(simulator.url)
 
     async def drop() -> None:
         from websockets.asyncio.client import connect as aconnect
 
-        ws = await aconnect(proxy.url)
+        ws = await aconnect(proxy.url + REALTIME)
         await ws.recv()
         ws.transport.abort()
 
     asyncio.run(drop())
-    [session] = realtime_server.sessions
+    [session] = simulator.sessions
     assert session.done.wait(10) and session.close_code == 1006
     wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
     end = read_capture(only_capture(captures)).end
     assert (end["closed_by"], end["code"]) == ("client", 1006)
 
 
-def test_stopping_the_proxy_ends_open_sessions_cleanly(realtime_server, start_proxy, captures) -> None:
-    proxy = start_proxy(realtime_server.url)
-    with connect(proxy.url) as ws:
+def test_stopping_the_proxy_ends_open_sessions_cleanly(simulator, start_proxy, captures) -> None:
+    proxy = start_proxy(simulator.url)
+    with connect(proxy.url + REALTIME) as ws:
         ws.recv()
         proxy.__exit__(None, None, None)
         with pytest.raises(ConnectionClosed):
             ws.recv()
         assert ws.close_code == 1001
-    [session] = realtime_server.sessions
+    [session] = simulator.sessions
     assert session.done.wait(10) and session.close_code == 1001
     got = read_capture(only_capture(captures))
     assert got.state == "closed" and (got.end["closed_by"], got.end["code"]) == ("rtcap", 1001)

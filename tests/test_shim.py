@@ -17,10 +17,12 @@ from websockets.protocol import Protocol
 import recorder
 from analyzer.locate import capture_files
 from recorder.capture import read_capture
+from tests.conftest import REALTIME
 
 ROOT = Path(__file__).parent.parent
 APPS = Path(__file__).parent / "apps"
 CANARY = "sk-canary-shim-8d3e1f0a"
+CLOSE_AFTER_CLEAR = "close code=1000 reason=done sent=input_audio_buffer.clear"  # what ws_styles.py expects
 RTCAP = str(Path(sys.executable).parent / "rtcap")  # the console script, as users run it
 
 
@@ -53,7 +55,7 @@ def assert_same_as_server(path: Path, session) -> None:
     recorded = {k.lower(): v for k, v in capture.header["request_headers"]}
     for name, value in seen.items():
         assert recorded[name] == ("[REDACTED]" if name in ("authorization", "api-key") else value), name
-    closer = "server" if session.close_reason == "done" else "client"  # test.close says "done"
+    closer = "server" if session.close_reason == "done" else "client"  # the close fault says "done"
     assert (capture.end["closed_by"], capture.end["code"], capture.end["reason"]) == (
         closer,
         session.close_code,
@@ -61,12 +63,12 @@ def assert_same_as_server(path: Path, session) -> None:
     )
 
 
-def test_openai_sdk_async_sync_and_agents_under_rtcap_run(realtime_server, captures) -> None:
+def test_openai_sdk_async_sync_and_agents_under_rtcap_run(simulator, captures) -> None:
     result = rtcap_run(
         captures,
         sys.executable,
         str(APPS / "sdk_app.py"),
-        realtime_server.url,
+        simulator.url,
         CANARY,
         "--agents",
         options=("--label", "app=sdk"),
@@ -74,8 +76,8 @@ def test_openai_sdk_async_sync_and_agents_under_rtcap_run(realtime_server, captu
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ok\n"
     paths = capture_files(captures)
-    assert len(paths) == len(realtime_server.sessions) == 3
-    for path, session in zip(paths, realtime_server.sessions, strict=True):
+    assert len(paths) == len(simulator.sessions) == 3
+    for path, session in zip(paths, simulator.sessions, strict=True):
         assert session.done.wait(10)
         assert_same_as_server(path, session)
         capture = read_capture(path)
@@ -86,26 +88,25 @@ def test_openai_sdk_async_sync_and_agents_under_rtcap_run(realtime_server, captu
 
 
 @pytest.mark.parametrize("version", ["oldest", "newest"])
-def test_every_websockets_api_style_is_recorded(realtime_server, captures, version) -> None:
+def test_every_websockets_api_style_is_recorded(start_simulator, captures, version) -> None:
+    simulator = start_simulator(CLOSE_AFTER_CLEAR)
     installed = ROOT / ".venv" / f"websockets-{version}"
     assert (installed / ".installed").exists(), f"{installed} is missing: run `make test`"
-    result = rtcap_run(
-        captures, sys.executable, str(APPS / "ws_styles.py"), realtime_server.url, pythonpath=str(installed)
-    )
+    result = rtcap_run(captures, sys.executable, str(APPS / "ws_styles.py"), simulator.url, pythonpath=str(installed))
     assert result.returncode == 0, result.stderr
     [dist] = installed.glob("websockets-*.dist-info")
     expected = dist.name.removeprefix("websockets-").removesuffix(".dist-info")
     assert version == "newest" or expected == "13.0"
     assert result.stdout.strip() == expected
-    by_path = {s.path: s for s in realtime_server.sessions}
+    by_path = {s.path: s for s in simulator.sessions}
     paths = capture_files(captures)
     assert len(paths) == 8
     rejected = []
     for path in paths:
         capture = read_capture(path)
-        route = capture.header["url"][len(realtime_server.url) :]
-        if capture.header["response_status"] == 401:
-            assert capture.state == "closed" and "HTTP 401" in capture.end["error"]
+        route = capture.header["url"][len(simulator.url) :]
+        if capture.header["response_status"] == 404:
+            assert capture.state == "closed" and "HTTP 404" in capture.end["error"]
             rejected.append(route)
             continue
         session = by_path[route]
@@ -114,25 +115,26 @@ def test_every_websockets_api_style_is_recorded(realtime_server, captures, versi
     assert sorted(rejected) == ["/legacy-rejected", "/rejected"]
 
 
-def test_match_records_only_matching_urls(realtime_server, captures) -> None:
-    result = rtcap_run(
-        captures, sys.executable, str(APPS / "ws_styles.py"), realtime_server.url, options=("--match", "*/sync")
-    )
+def test_match_records_only_matching_urls(start_simulator, captures) -> None:
+    simulator = start_simulator(CLOSE_AFTER_CLEAR)
+    options = ("--match", "*style=sync")
+    result = rtcap_run(captures, sys.executable, str(APPS / "ws_styles.py"), simulator.url, options=options)
     assert result.returncode == 0, result.stderr
     [path] = capture_files(captures)
-    assert read_capture(path).header["url"] == realtime_server.url + "/sync"
+    assert read_capture(path).header["url"] == f"{simulator.url}{REALTIME}&style=sync"
 
 
-def test_an_unwritable_capture_directory_does_not_break_the_app(realtime_server, tmp_path) -> None:
+def test_an_unwritable_capture_directory_does_not_break_the_app(start_simulator, tmp_path) -> None:
+    simulator = start_simulator(CLOSE_AFTER_CLEAR)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = rtcap_run(blocker / "captures", sys.executable, str(APPS / "ws_styles.py"), realtime_server.url)
+    result = rtcap_run(blocker / "captures", sys.executable, str(APPS / "ws_styles.py"), simulator.url)
     assert result.returncode == 0 and result.stdout.strip()
     warnings = [line for line in result.stderr.splitlines() if line.startswith("rtcap: warning:")]
     assert len(warnings) == 1 and "cannot write captures" in warnings[0]
 
 
-def test_an_app_with_its_own_recorder_module_is_still_recorded(realtime_server, captures, tmp_path) -> None:
+def test_an_app_with_its_own_recorder_module_is_still_recorded(simulator, captures, tmp_path) -> None:
     (tmp_path / "recorder.py").write_text("NAME = 'the app own recorder'\n")
     (tmp_path / "app.py").write_text(
         "import sys, recorder\n"
@@ -141,7 +143,7 @@ def test_an_app_with_its_own_recorder_module_is_still_recorded(realtime_server, 
         "    ws.recv()\n"
         "print(recorder.NAME)\n"
     )
-    result = rtcap_run(captures, sys.executable, "app.py", realtime_server.url, cwd=tmp_path)
+    result = rtcap_run(captures, sys.executable, "app.py", simulator.url + REALTIME, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "the app own recorder\n"
     [path] = capture_files(captures)
@@ -165,69 +167,72 @@ def test_an_interpreter_that_cannot_load_the_shim_gets_one_warning(captures, tmp
     assert warning.startswith("rtcap: warning: this interpreter") and "rtcap proxy" in warning
 
 
-def test_kill_9_of_the_app_keeps_every_message_it_had(realtime_server, captures, tmp_path) -> None:
+def test_kill_9_of_the_app_keeps_every_message_it_had(start_simulator, captures, tmp_path) -> None:
+    simulator = start_simulator(speed=5)  # slow enough that the kill lands inside a response
     app = tmp_path / "stream.py"
     app.write_text(
         "import json, sys\n"
         "from websockets.sync.client import connect\n"
         "with connect(sys.argv[1]) as ws:\n"
         "    print(ws.recv(), flush=True)\n"
-        "    ws.send(json.dumps({'type': 'test.stream', 'count': 5000}))\n"
+        "    ws.send(json.dumps({'type': 'response.create'}))\n"
         "    for message in ws:\n"
         "        print(message, flush=True)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTCAP_")}
     proc = subprocess.Popen(
-        [RTCAP, "run", "--captures", str(captures), "--", sys.executable, str(app), realtime_server.url],
+        [RTCAP, "run", "--captures", str(captures), "--", sys.executable, str(app), simulator.url + REALTIME],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
         env=env,
     )
     try:
-        got = [proc.stdout.readline().rstrip("\n") for _ in range(150)]
+        got = [proc.stdout.readline().rstrip("\n") for _ in range(10)]
         os.kill(proc.pid, signal.SIGKILL)  # rtcap run exec'd the app: this is the app
         proc.wait(10)
     finally:
         proc.kill()
         proc.wait()
+    assert json.loads(got[-1])["type"].endswith("delta")  # killed inside the response
     capture = read_capture(capture_files(captures)[0])
     assert capture.state == "damaged"
-    assert [m.data().decode() for m in capture.messages if m.direction == "sent"] == [
-        json.dumps({"type": "test.stream", "count": 5000})
-    ]
+    assert [m.data().decode() for m in capture.messages if m.direction == "sent"] == ['{"type": "response.create"}']
     assert [m.data().decode() for m in capture.messages if m.direction == "received"][: len(got)] == got
 
 
-def test_install_uninstall_and_recording_in_process(realtime_server, captures) -> None:
+def test_install_uninstall_and_recording_in_process(simulator, captures) -> None:
     originals = {name: Protocol.__dict__[name] for name in ("send_text", "events_received", "receive_eof")}
 
-    async def talk(path: str) -> None:
-        async with connect(realtime_server.url + path) as ws:
+    async def talk(name: str) -> None:
+        async with connect(f"{simulator.url}{REALTIME}&run={name}") as ws:
             await ws.recv()
             await ws.send("hello")
-            assert await ws.recv() == "hello"
+            assert json.loads(await ws.recv())["error"]["code"] == "invalid_json"
 
     with recorder.recording(captures=captures, labels={"via": "api"}):
         assert Protocol.__dict__["send_text"] is not originals["send_text"]
-        asyncio.run(talk("/recorded"))
+        asyncio.run(talk("recorded"))
     assert {name: Protocol.__dict__[name] for name in originals} == originals
-    asyncio.run(talk("/not-recorded"))
+    asyncio.run(talk("not-recorded"))
     recorder.install(captures=captures, audio=False)
     try:
-        asyncio.run(talk("/again"))
+        asyncio.run(talk("again"))
     finally:
         recorder.uninstall()
     urls = [read_capture(p).header["url"] for p in capture_files(captures)]
-    assert urls == [realtime_server.url + "/recorded", realtime_server.url + "/again"]
+    assert urls == [f"{simulator.url}{REALTIME}&run=recorded", f"{simulator.url}{REALTIME}&run=again"]
     first = read_capture(capture_files(captures)[0])
-    assert first.header["labels"] == {"via": "api"} and [m.data() for m in first.messages][1:] == [b"hello", b"hello"]
+    assert first.header["labels"] == {"via": "api"}
+    assert [m.data() for m in first.messages] == [
+        m.encode() for m in simulator.sessions[0].sent[:1] + ["hello"] + simulator.sessions[0].sent[1:]
+    ]
     assert read_capture(capture_files(captures)[1]).header["audio"] is False
 
 
-def test_uninstall_ends_sessions_still_open(realtime_server, captures) -> None:
+def test_uninstall_ends_sessions_still_open(simulator, captures) -> None:
     async def talk() -> None:
-        async with connect(realtime_server.url) as ws:
+        async with connect(simulator.url + REALTIME) as ws:
             await ws.recv()
             recorder.uninstall()
             await ws.send("after uninstall")

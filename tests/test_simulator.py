@@ -121,17 +121,33 @@ def client(kind: str, t: float = 0, event: dict | None = None, audio_ms: float =
     ("rule", "holds", "fails"),
     [
         ("fail nth=2", context(nth=2), context(nth=3)),
-        ("fail sent=conversation.item.truncate", context([client("conversation.item.truncate")]), context([client("response.create")])),
+        (
+            "fail sent=conversation.item.truncate",
+            context([client("conversation.item.truncate")]),
+            context([client("response.create")]),
+        ),
         (
             "fail field=response.create:response.tool_choice.type=function",
             context([client("response.create", event={"response": {"tool_choice": {"type": "function"}}})]),
             context([client("response.create", event={"response": {"tool_choice": "auto"}})]),
         ),
-        ("fail audio_ms>400", context([client("input_audio_buffer.append", audio_ms=401)]), context([client("input_audio_buffer.append", audio_ms=400)])),
-        ("fail rate>3", context([client("x", t=0.1 * n) for n in range(4)]), context([client("x", t=0.4 * n) for n in range(4)])),
+        (
+            "fail audio_ms>400",
+            context([client("input_audio_buffer.append", audio_ms=401)]),
+            context([client("input_audio_buffer.append", audio_ms=400)]),
+        ),
+        (
+            "fail rate>3",
+            context([client("x", t=0.1 * n) for n in range(4)]),
+            context([client("x", t=0.4 * n) for n in range(4)]),
+        ),
         ("fail age>60", context(age=60.5), context(age=59)),
         ("fail tokens>8000", context(tokens=8001), context(tokens=8000)),
-        ("fail sent=response.cancel nth=1", context([client("response.cancel")]), context([client("response.cancel")], nth=2)),
+        (
+            "fail sent=response.cancel nth=1",
+            context([client("response.cancel")]),
+            context([client("response.cancel")], nth=2),
+        ),
     ],
 )
 def test_each_condition_holds_exactly_when_it_should(rule: str, holds: Context, fails: Context) -> None:
@@ -147,7 +163,9 @@ def test_probability_is_seeded_and_about_right() -> None:
     assert 0.3 - 0.035 < sum(draws) / 2000 < 0.3 + 0.035  # 99% band for n=2000
 
 
-@pytest.mark.parametrize("bad", ["explode", "fail p=1.5", "fail nth=two", "fail bogus=1", "fail field=x", "close code=abc", "fail loud"])
+@pytest.mark.parametrize(
+    "bad", ["explode", "fail p=1.5", "fail nth=two", "fail bogus=1", "fail field=x", "close code=abc", "fail loud"]
+)
 def test_bad_rules_are_one_line_errors(bad: str) -> None:
     with pytest.raises(RuleError, match="fault rule"):
         parse_rule(bad)
@@ -178,7 +196,11 @@ def test_a_planted_cause_fails_only_the_response_it_precedes() -> None:
     create = {"type": "response.create"}
     sent = drive(session, create, {"type": "input_audio_buffer.clear"}, create, create)
     assert statuses(sent) == ["completed", "failed", "completed"]
-    [failed] = [e for e in sent if isinstance(e, dict) and e.get("type") == "response.done" and e["response"]["status"] == "failed"]
+    [failed] = [
+        e
+        for e in sent
+        if isinstance(e, dict) and e.get("type") == "response.done" and e["response"]["status"] == "failed"
+    ]
     assert failed["response"]["status_details"]["error"]["type"] == "server_error"
     assert failed["response"]["usage"]["output_tokens"] == 0
 
@@ -194,7 +216,10 @@ def test_stall_pauses_the_response_once_then_it_completes() -> None:
     stalls = [e for e in sent if isinstance(e, Stall)]
     assert [s.seconds for s in stalls] == [7.0]
     assert statuses(sent) == ["completed", "completed"]
-    assert sent.index(stalls[0]) > [i for i, e in enumerate(sent) if isinstance(e, dict) and e.get("type") == "response.created"][1]
+    assert (
+        sent.index(stalls[0])
+        > [i for i, e in enumerate(sent) if isinstance(e, dict) and e.get("type") == "response.created"][1]
+    )
 
 
 def test_ratelimit_exhausts_the_tokens_and_fails() -> None:
@@ -207,7 +232,11 @@ def test_ratelimit_exhausts_the_tokens_and_fails() -> None:
 
 @pytest.mark.parametrize(
     ("rule", "ending"),
-    [("error nth=2", ("error", 1000)), ("drop nth=2", (None, 1006)), ("close code=1011 reason=internal_error nth=2", (None, 1011))],
+    [
+        ("error nth=2", ("error", 1000)),
+        ("drop nth=2", (None, 1006)),
+        ("close code=1011 reason=internal_error nth=2", (None, 1011)),
+    ],
 )
 def test_connection_faults_end_the_session_on_the_right_response(rule: str, ending: tuple) -> None:
     with running(rule, speed=1000) as sim:
@@ -240,13 +269,26 @@ def test_conversation_state_truncate_delete_and_retrieve() -> None:
     done = sent[-1]["response"]
     assert done["output"][0]["id"] == item_id
     audio_ms = len(done["output"][0]["content"][0]["transcript"]) * MS_PER_CHAR
-    past_end = drive(session, {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": audio_ms + 1})
+    past_end = drive(
+        session,
+        {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": audio_ms + 1},
+    )
     assert past_end[0]["error"]["code"] == "invalid_value"
-    truncated = drive(session, {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 500})
+    truncated = drive(
+        session, {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 500}
+    )
     assert truncated[0]["type"] == "conversation.item.truncated"
-    again = drive(session, {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 600})
+    again = drive(
+        session, {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 600}
+    )
     assert again[0]["error"]["code"] == "invalid_value"  # the audio is 500 ms long now
-    user = drive(session, {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+    user = drive(
+        session,
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        },
+    )
     user_id = user[0]["item"]["id"]
     assert user[0]["previous_item_id"] == item_id
     assert drive(session, {"type": "conversation.item.retrieve", "item_id": user_id})[0]["item"]["id"] == user_id
@@ -288,7 +330,11 @@ def test_cancel_ends_the_response_cancelled() -> None:
 
 def test_urls_auth_and_expiry() -> None:
     with running(speed=1000, api_key="sk-right-key-123", max_session_s=0.3) as sim:
-        for path in ("/v1/realtime?model=m", "/openai/v1/realtime?model=d", "/openai/realtime?api-version=2025-04-01-preview&deployment=d"):
+        for path in (
+            "/v1/realtime?model=m",
+            "/openai/v1/realtime?model=d",
+            "/openai/realtime?api-version=2025-04-01-preview&deployment=d",
+        ):
             with connect(f"{sim.url}{path}", additional_headers={"api-key": "sk-right-key-123"}) as ws:
                 created = json.loads(ws.recv())
                 assert created["type"] == "session.created" and created["session"]["id"].startswith("sess_")

@@ -39,6 +39,12 @@ ANSWERS = [
     "Let me check that for you. It looks like the meeting moved to three o'clock.",
     "Yes. The store opens at nine and closes at six on weekdays.",
 ]
+QUESTIONS = [
+    "What's the weather like in Lisbon?",
+    "Where is my order?",
+    "Can you book a table for two tonight?",
+    "When does the store open?",
+]
 GA_DEFAULT_VAD = {
     "type": "server_vad",
     "threshold": 0.5,
@@ -460,8 +466,24 @@ class SimSession:
         steps.append(self._item_added(item, previous))
         if not self.beta:
             steps.append(Send(self._event("conversation.item.done", item=item, previous_item_id=previous)))
+        if self._transcription():
+            # What the user said is not understood here; the transcript only has to exist.
+            completed = self._event(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=item_id,
+                content_index=0,
+                transcript=self.rng.choice(QUESTIONS),
+                usage={"type": "duration", "seconds": ms / 1000},
+            )
+            steps.append(Send(completed, delay=0.2))
         self.tool_turn = False
         return steps
+
+    def _transcription(self) -> Any:
+        """The input transcription settings, if the session asked for transcripts."""
+        if self.beta:
+            return self.config.get("input_audio_transcription")
+        return self.config["audio"]["input"].get("transcription")
 
     def _item_added(self, item: dict[str, Any], previous: str | None) -> Send:
         return Send(self._event(self._name("conversation.item.added"), item=item, previous_item_id=previous))

@@ -216,29 +216,25 @@ class _Connection:
                 task.cancel()
 
     def _expire(self) -> None:
-        self._spawn(self._steps(self.session.expire()))
+        self._spawn(self._quietly(self.session.expire()))
+
+    async def _quietly(self, steps: Iterable[Step]) -> None:
+        """Run steps from a task of their own, where the connection ending is no error."""
+        with contextlib.suppress(_Done, ConnectionClosed):
+            await self._steps(steps)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
         self.tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and isinstance(task.exception(), _Done):
-            return
+        task.add_done_callback(self.tasks.discard)
 
     async def _steps(self, steps: Iterable[Step]) -> None:
         for step in steps:
             await self._do(step)
 
-    async def _stream(self, response: Any) -> None:
-        with contextlib.suppress(_Done, ConnectionClosed):
-            await self._steps(self.session.stream(response))
-
     async def _do(self, step: Step) -> None:
         if isinstance(step, StartResponse):
-            self._spawn(self._stream(step.response))
+            self._spawn(self._quietly(self.session.stream(step.response)))
         elif isinstance(step, Stall):
             await asyncio.sleep(step.seconds / self.speed)
         elif isinstance(step, Close):

@@ -352,3 +352,28 @@ def test_urls_auth_and_expiry() -> None:
             assert expired["error"]["code"] == "session_expired"
             with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=5)
+
+
+def test_speech_during_a_response_interrupts_it_and_transcription_follows_commits() -> None:
+    session = sim_session()
+    drive(
+        session,
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}},
+        },
+    )
+    [start] = session.receive(json.dumps({"type": "response.create"}), 0)
+    stream = session.stream(start.response)
+    [next(stream) for _ in range(8)]
+    barge_in = drive(session, {"type": "input_audio_buffer.append", "audio": tone(200)})
+    assert [e["type"] for e in barge_in] == ["input_audio_buffer.speech_started"]
+    rest = [s.event for s in stream]
+    assert rest[-1]["response"]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    silence = drive(session, *[{"type": "input_audio_buffer.append", "audio": tone(100, amplitude=0.0)}] * 6)
+    kinds = [e["type"] for e in silence]
+    assert kinds.index("input_audio_buffer.speech_stopped") < kinds.index("input_audio_buffer.committed")
+    assert "conversation.item.input_audio_transcription.completed" in kinds
+    assert kinds[-1] == "response.done"  # the turn's automatic response
+    for event in silence:
+        VALIDATORS["ga"].validate_python(event)

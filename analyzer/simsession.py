@@ -691,18 +691,24 @@ class SimSession:
         self.items.append(entry)
         yield Send(self._event(self._name("conversation.item.added"), item=started, previous_item_id=previous))
         yield from prologue
-        strike = int(float(fault.options.get("at", max(1, len(body) // 2)))) if fault is not None else -1
-        for n, (step, ms) in enumerate(body):
+        # Where a fault strikes: after `at` deltas (half of them by default), and at the
+        # latest just before the response would end.
+        strike = len(body) + 1
+        if fault is not None:
+            strike = min(int(float(fault.options.get("at", max(1, len(body) // 2)))), len(body))
+        for n, (step, ms) in enumerate([*body, (None, 0)]):
             if response.cancelled:
                 break
-            if n == strike:
-                if fault.effect == "stall":  # type: ignore[union-attr]
-                    yield Stall(float(fault.options.get("seconds", 5)))  # type: ignore[union-attr]
+            if n == strike and fault is not None:
+                if fault.effect == "stall":
+                    yield Stall(float(fault.options.get("seconds", 5)))
                 else:
-                    yield from self._strike(response, shape, fault)  # type: ignore[arg-type]
+                    entry["status"] = "incomplete"
+                    yield from self._strike(response, shape, fault)
                     return
-            yield step
-            entry["_audio_ms"] += ms
+            if step is not None:
+                yield step
+                entry["_audio_ms"] += ms
         if response.cancelled:
             entry["status"] = "incomplete"
             details = {"type": "cancelled", "reason": response.cancelled}

@@ -377,3 +377,11 @@ def test_speech_during_a_response_interrupts_it_and_transcription_follows_commit
     assert kinds[-1] == "response.done"  # the turn's automatic response
     for event in silence:
         VALIDATORS["ga"].validate_python(event)
+
+
+def test_a_fault_strikes_even_when_the_response_is_short() -> None:
+    session = sim_session("fail at=500")
+    drive(session, {"type": "session.update", "session": {"type": "realtime", "tools": TOOLS}})
+    sent = drive(session, {"type": "response.create"})
+    assert any(e.get("type") == "response.function_call_arguments.delta" for e in sent)
+    assert statuses(sent) == ["failed"]

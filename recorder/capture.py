@@ -377,3 +377,105 @@ def read_capture(path: str | os.PathLike[str], max_messages: int | None = None) 
                 return parse(data, path, locked=locked, max_messages=max_messages)
     except OSError as e:
         raise CaptureError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+# ---------------------------------------------------------------------------
+# Columnar reading, for the index: no object per message, one list per column.
+
+
+@dataclasses.dataclass
+class Columns:
+    """A capture's records from ``start`` on, column by column.
+
+    ``payload`` is each message's text with every audio string replaced by a short
+    placeholder (``None`` for binary messages); ``wire_bytes`` is the message's size as it
+    crossed the wire; ``audio_bytes`` the size of the audio it carried.
+    """
+
+    header: dict[str, Any] | None
+    end: dict[str, Any] | None
+    seq: list[int]
+    t_ns: list[int]
+    direction: list[int]
+    text: list[bool]
+    payload: list[str | None]
+    wire_bytes: list[int]
+    audio_bytes: list[int]
+    redacted: list[bool]
+    problems: list[str]
+    stop: int
+    """Offset just past the last intact record read: where an update resumes."""
+    locked: bool
+
+
+def _placeholder(size: int) -> bytes:
+    return f"<audio {size} bytes>".encode()
+
+
+def read_columns(path: str | os.PathLike[str], start: int = 0) -> Columns:
+    """Read a capture's records from byte ``start`` on, as columns. Raises only
+    :class:`CaptureError`; damage is listed in ``problems``."""
+    path = Path(path)
+    cols = Columns(None, None, [], [], [], [], [], [], [], [], [], start, False)
+    try:
+        with open(path, "rb") as f:
+            cols.locked = is_locked(f.fileno())
+            size = os.fstat(f.fileno()).st_size
+            if size <= start:
+                return cols
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                _read_columns(data, start, cols, path)
+    except OSError as e:
+        raise CaptureError(f"cannot read {path}: {e.strerror or e}") from None
+    return cols
+
+
+def _read_columns(data: mmap.mmap, start: int, cols: Columns, path: Path) -> None:
+    view = data[start:] if start else data
+    size = len(view)
+    append_seq, append_t, append_dir = cols.seq.append, cols.t_ns.append, cols.direction.append
+    for offset, body, skipped in iter_frames(view):
+        if body is None:
+            if cols.locked and offset + skipped == size:
+                break  # a record still being written: the next update reads it
+            cols.problems.append(f"skipped {skipped} unreadable bytes at offset {start + offset}")
+            cols.stop = start + offset + skipped
+            continue
+        cols.stop = start + offset + FRAME_OVERHEAD + len(body)
+        record = _unpack(body)
+        if isinstance(record, list) and record and record[0] == MESSAGE:
+            message = _message(record)
+            if message is None:
+                cols.problems.append(f"skipped a malformed record at offset {start + offset}")
+                continue
+            append_seq(message.seq)
+            append_t(message.t_ns)
+            append_dir(0 if message.direction == "sent" else 1)
+            is_text = message.opcode == "text"
+            cols.text.append(is_text)
+            audio = 0
+            if message.splices:
+                parts, position = [], 0
+                for offset_in, chunk in message.splices:
+                    parts.append(message.payload[position:offset_in])
+                    parts.append(_placeholder(len(chunk)))
+                    position = offset_in
+                    audio += len(chunk)
+                parts.append(message.payload[position:])
+                shown = b"".join(parts)
+                wire = len(message.payload) + sum(4 * ((len(c) + 2) // 3) for _, c in message.splices)
+            else:
+                shown, wire = message.payload, len(message.payload)
+            cols.payload.append(shown.decode("utf-8", errors="replace") if is_text else None)
+            cols.wire_bytes.append(wire)
+            cols.audio_bytes.append(audio)
+            cols.redacted.append(message.redacted)
+        elif isinstance(record, dict) and record.get("kind") == "header" and cols.header is None and start == 0:
+            version = record.get("format")
+            if type(version) is int and version > FORMAT_VERSION:
+                raise CaptureError(f"{path}: capture format version {version} is newer than this rtcap reads")
+            cols.header = record
+        elif isinstance(record, dict) and record.get("kind") == "end" and cols.end is None:
+            cols.end = record
+        else:
+            cols.problems.append(f"skipped a malformed record at offset {start + offset}")

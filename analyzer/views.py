@@ -1,0 +1,213 @@
+"""SQL over every capture: the DuckDB views ``sessions``, ``events``, ``failures`` and
+``responses`` on top of the index, and the Python API for them.
+
+    from analyzer.views import open_captures
+    table = open_captures("captures").sql("SELECT type, count(*) FROM events GROUP BY ALL")
+
+Queries return ``pyarrow.Table``; only reading statements are accepted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from .index import MANIFEST_SCHEMA, Index, UpdateReport
+
+READING = {"SELECT", "EXPLAIN"}
+SERVER_ERRORS = (
+    "'server_error', 'service_unavailable', 'service_unavailable_error', "
+    "'inference_service_unavailable_error', 'internal_error', 'internal_server_error', 'overloaded_error', 'api_error'"
+)
+
+
+class QueryError(Exception):
+    """A query DuckDB rejected, or one that tries to write; the message is one line."""
+
+
+def extract_fields(table: pa.Table) -> pa.Table:
+    """Add the event columns parsed from each JSON payload (in DuckDB, not per row in Python)."""
+    con = duckdb.connect()
+    con.register("raw", table)
+    return con.sql(
+        """
+        WITH parsed AS (
+            SELECT *, CASE WHEN is_text AND json_valid(payload) AND left(ltrim(payload), 1) = '{'
+                           THEN payload::JSON END AS j
+            FROM raw
+        )
+        SELECT session_id, seq, t_ns, ts, direction,
+               j->>'type' AS type,
+               j->>'event_id' AS event_id,
+               coalesce(j->>'response_id', j->'response'->>'id') AS response_id,
+               coalesce(j->>'item_id', j->'item'->>'id',
+                        CASE WHEN direction = 'sent' THEN j->>'previous_item_id' END) AS item_id,
+               bytes, audio_bytes, audio_ms, redacted,
+               CASE WHEN j IS NOT NULL THEN payload END AS payload
+        FROM parsed
+        """
+    ).to_arrow_table()
+
+
+_EMPTY_EVENTS = """
+    SELECT NULL::VARCHAR AS session_id, NULL::BIGINT AS seq, NULL::BIGINT AS t_ns,
+           NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS direction, NULL::VARCHAR AS type,
+           NULL::VARCHAR AS event_id, NULL::VARCHAR AS response_id, NULL::VARCHAR AS item_id,
+           NULL::BIGINT AS bytes, NULL::BIGINT AS audio_bytes, NULL::DOUBLE AS audio_ms,
+           NULL::BOOLEAN AS redacted, NULL::VARCHAR AS payload
+    WHERE false
+"""
+
+_VIEWS = """
+CREATE TEMP VIEW events AS
+SELECT session_id, seq, t_ns / 1e9 AS t_s, ts, direction, type, event_id, response_id, item_id,
+       bytes, audio_ms, redacted, payload::JSON AS payload
+FROM _events;
+
+CREATE TEMP VIEW responses AS
+WITH created AS (
+    SELECT session_id, response_id, min(seq) AS created_seq, min(t_ns) / 1e9 AS created_t_s
+    FROM _events WHERE type = 'response.created' AND response_id IS NOT NULL GROUP BY ALL
+), done AS (
+    SELECT session_id, response_id, min(seq) AS done_seq, min(t_ns) / 1e9 AS done_t_s,
+           any_value(payload::JSON->'response'->>'status') AS status,
+           any_value(payload::JSON->'response'->'status_details'->'error'->>'type') AS error_type,
+           any_value(TRY_CAST(payload::JSON->'response'->'usage'->>'input_tokens' AS BIGINT)) AS input_tokens,
+           any_value(TRY_CAST(payload::JSON->'response'->'usage'->>'output_tokens' AS BIGINT)) AS output_tokens
+    FROM _events WHERE type = 'response.done' AND response_id IS NOT NULL GROUP BY ALL
+), audio AS (
+    SELECT session_id, response_id, sum(audio_ms) AS audio_out_ms
+    FROM _events WHERE direction = 'received' AND audio_ms IS NOT NULL AND response_id IS NOT NULL GROUP BY ALL
+)
+SELECT session_id, response_id, c.created_seq, d.done_seq, c.created_t_s, d.done_t_s,
+       coalesce(d.status, CASE WHEN m.state = 'open' THEN 'in_progress' ELSE 'dropped' END) AS status,
+       d.error_type, d.input_tokens, d.output_tokens, coalesce(a.audio_out_ms, 0) AS audio_out_ms
+FROM created c FULL JOIN done d USING (session_id, response_id)
+LEFT JOIN audio a USING (session_id, response_id)
+LEFT JOIN _manifest m USING (session_id);
+
+CREATE TEMP VIEW failures AS
+WITH errors AS (
+    SELECT e.session_id, e.seq, e.t_ns / 1e9 AS t_s, 'error' AS source,
+           e.payload::JSON->'error'->>'type' AS error_type,
+           e.payload::JSON->'error'->>'code' AS code,
+           e.payload::JSON->'error'->>'message' AS message,
+           arg_max(r.response_id, r.created_seq) AS response_id
+    FROM _events e
+    LEFT JOIN responses r ON r.session_id = e.session_id AND r.created_seq < e.seq
+                         AND coalesce(r.done_seq, 9223372036854775807) > e.seq
+    WHERE e.type = 'error'
+    GROUP BY e.session_id, e.seq, e.t_ns, e.payload
+), failed AS (
+    SELECT r.session_id, r.done_seq AS seq, r.done_t_s AS t_s, 'response.done' AS source,
+           coalesce(e.payload::JSON->'response'->'status_details'->'error'->>'type', 'unknown') AS error_type,
+           e.payload::JSON->'response'->'status_details'->'error'->>'code' AS code,
+           e.payload::JSON->'response'->'status_details'->'error'->>'message' AS message,
+           r.response_id
+    FROM responses r JOIN _events e ON e.session_id = r.session_id AND e.seq = r.done_seq
+    WHERE r.status = 'failed'
+), dropped AS (
+    SELECT r.session_id, NULL::BIGINT AS seq, coalesce(m.end_t_ns, m.last_t_ns) / 1e9 AS t_s, 'close' AS source,
+           'connection_closed' AS error_type, CAST(m.close_code AS VARCHAR) AS code,
+           coalesce(m.end_error, 'connection ended during a response') AS message, r.response_id
+    FROM responses r JOIN _manifest m USING (session_id)
+    WHERE r.status = 'dropped' AND m.end_t_ns IS NOT NULL
+      AND (m.close_code IS NULL OR m.close_code NOT IN (1000, 1001, 1005))
+)
+SELECT session_id, seq, t_s,
+       CASE WHEN source = 'close' THEN 'connection'
+            WHEN error_type IN ({server}) OR code IN ({server}) THEN 'server'
+            ELSE 'client' END AS class,
+       source, error_type, code, message, response_id
+FROM (SELECT * FROM errors UNION ALL SELECT * FROM failed UNION ALL SELECT * FROM dropped);
+
+CREATE TEMP VIEW sessions AS
+WITH created AS (
+    SELECT session_id,
+           any_value(payload::JSON->'session'->>'id') AS server_session_id,
+           any_value(payload::JSON->'session'->>'model') AS model,
+           any_value(TRY_CAST(payload::JSON->'session'->>'expires_at' AS BIGINT)) AS expires
+    FROM _events WHERE type = 'session.created' GROUP BY ALL
+), counts AS (
+    SELECT session_id, count(*) AS messages, count(*) FILTER (WHERE direction = 'sent') AS sent,
+           count(*) FILTER (WHERE direction = 'received') AS received, sum(bytes) AS bytes
+    FROM _events GROUP BY ALL
+), fails AS (
+    SELECT session_id, count(*) FILTER (WHERE class IN ('server', 'connection')) AS failures
+    FROM failures GROUP BY ALL
+)
+SELECT m.session_id, c.server_session_id, m.file, m.state, m.started_at,
+       m.started_at + to_microseconds(coalesce(m.end_t_ns, m.last_t_ns, 0) // 1000) AS ended_at,
+       coalesce(m.end_t_ns, m.last_t_ns, 0) / 1e9 AS duration_s,
+       m.url, nullif(regexp_extract(m.url, '^[a-z]+://(?:[^@/]*@)?(\\[[^\\]]*\\]|[^/:?]+)', 1), '') AS host,
+       coalesce(c.model, nullif(regexp_extract(m.url, '[?&](?:model|deployment)=([^&]+)', 1), '')) AS model,
+       m.dialect, m.recorder, m.labels,
+       coalesce(k.messages, 0) AS messages, coalesce(k.sent, 0) AS sent, coalesce(k.received, 0) AS received,
+       coalesce(k.bytes, 0)::BIGINT AS bytes, m.close_code, m.close_by,
+       coalesce(f.failures, 0) AS failures, coalesce(f.failures, 0) > 0 AS failed, m.state = 'damaged' AS damaged,
+       to_timestamp(c.expires) AS expires_at, m.replay_of
+FROM _manifest m
+LEFT JOIN created c USING (session_id)
+LEFT JOIN counts k USING (session_id)
+LEFT JOIN fails f USING (session_id);
+""".replace("{server}", SERVER_ERRORS)
+
+
+def memory_limit() -> str:
+    """DuckDB's memory limit: ``$RTCAP_MEMORY_LIMIT`` (e.g. ``2GB``), else 1GB."""
+    return os.environ.get("RTCAP_MEMORY_LIMIT") or "1GB"
+
+
+class Captures:
+    """A capture root, indexed and ready for SQL."""
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, update: bool = True, progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        self.index = Index(Path(root))
+        self.report = self.index.update(progress) if update else UpdateReport()
+        self.con = duckdb.connect(config={"memory_limit": memory_limit()})
+        parts = [str(p) for p in self.index.part_files()]
+        if parts:
+            self.con.execute(f"CREATE TEMP VIEW _events AS SELECT * FROM read_parquet({parts!r})")
+        else:
+            self.con.execute(f"CREATE TEMP VIEW _events AS {_EMPTY_EVENTS}")
+        if self.index.manifest_path.exists():
+            self.con.execute(f"CREATE TEMP VIEW _manifest AS SELECT * FROM read_parquet('{self.index.manifest_path}')")
+        else:
+            self.con.register("_manifest", pa.Table.from_pylist([], schema=MANIFEST_SCHEMA))
+        self.con.execute(_VIEWS)
+
+    def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
+        """Run one reading statement; returns its rows as an Arrow table."""
+        try:
+            statements = self.con.extract_statements(query)
+        except duckdb.Error as e:
+            raise QueryError(_one_line(e)) from None
+        if len(statements) != 1:
+            raise QueryError(f"expected one SQL statement, got {len(statements)}")
+        kind = statements[0].type.name
+        if kind not in READING:
+            raise QueryError(f"only reading queries are allowed here, not {kind}")
+        try:
+            with self.index.reading():
+                return self.con.sql(query, params=params).to_arrow_table()
+        except duckdb.Error as e:
+            raise QueryError(_one_line(e)) from None
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def open_captures(root: str | os.PathLike[str] = "captures", **options: Any) -> Captures:
+    """Index ``root`` (incrementally) and open its views."""
+    return Captures(root, **options)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,83 @@ def captures_option(command: Callable[..., Any]) -> Callable[..., Any]:
         show_default="$RTCAP_CAPTURES or ./captures",
         help="Capture directory.",
     )(command)
+
+
+def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--format`` and ``--output`` for commands with tabular output."""
+    command = click.option(
+        "--output",
+        "-o",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write to FILE (.parquet, .csv, .json, .jsonl).",
+    )(command)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "csv", "json", "jsonl"]),
+        help="Output format (default: table on a terminal, else csv).",
+    )(command)
+
+
+def _emit(table: Any, fmt: str | None, output: Path | None) -> None:
+    from analyzer.render import RenderError, output_format, save, write
+
+    try:
+        chosen = output_format(fmt, output)
+    except RenderError as e:
+        raise BadUsage(str(e)) from None
+    if output is None:
+        write(table, chosen, sys.stdout)
+        return
+    try:
+        save(table, chosen, output)
+    except OSError as e:
+        raise Failure(f"cannot write {output}: {e.strerror or e}") from None
+    click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
+
+
+def _open(captures: Path) -> Any:
+    """Index the capture root (with a progress bar when that takes a while) and open it."""
+    from analyzer.views import open_captures
+
+    if not captures.is_dir():
+        raise Failure(f"no capture directory {captures}")
+    with _progress() as progress:
+        try:
+            return open_captures(captures, progress=progress)
+        except OSError as e:
+            raise Failure(f"cannot index {captures}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[int, int], None] | None]:
+    """A progress callback that shows a bar on a terminal once indexing takes a moment."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress
+
+    started = time.monotonic()
+    with Progress(transient=True) as bar:
+        task = None
+
+        def advance(done: int, total: int) -> None:
+            nonlocal task
+            if task is None and time.monotonic() - started > 0.5:
+                task = bar.add_task("indexing captures", total=total)
+            if task is not None:
+                bar.update(task, completed=done)
+
+        yield advance
+
+
+def _sql(captures: Any, query: str, params: list[Any] | None = None) -> Any:
+    from analyzer.views import QueryError
+
+    try:
+        return captures.sql(query, params)
+    except QueryError as e:
+        raise Failure(str(e)) from None
 
 
 def recording_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -304,12 +383,138 @@ def simulate(
 
 
 @cli.command()
+@click.argument("sql")
+@output_options
+@captures_option
+def query(sql: str, fmt: str | None, output: Path | None, captures: Path) -> None:
+    """Run SQL over every capture (SQL of "-" is read from stdin).
+
+    The views are sessions, events, failures and responses (see the README); queries
+    are read-only. Captures are indexed first, incrementally, into CAPTURES/.rtcap/.
+
+    \b
+    Example:
+      rtcap query "SELECT type, count(*) FROM events WHERE direction = 'received' GROUP BY ALL"
+      rtcap query "SELECT * FROM failures" --output failures.parquet
+    """
+    if sql == "-":
+        sql = sys.stdin.read()
+    _emit(_sql(_open(captures), sql), fmt, output)
+
+
+@cli.command()
+@click.option("--failed", is_flag=True, help="Only sessions with server or connection failures.")
+@click.option("--label", "labels", multiple=True, metavar="K=V", help="Only sessions with this label (repeatable).")
+@click.option(
+    "--since", metavar="WHEN", help="Only sessions started since WHEN: an ISO date or time, or 30m, 2h, 7d ago."
+)
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N sessions (the newest).")
+@output_options
+@captures_option
+def sessions(
+    failed: bool,
+    labels: tuple[str, ...],
+    since: str | None,
+    limit: int | None,
+    fmt: str | None,
+    output: Path | None,
+    captures: Path,
+) -> None:
+    """List recorded sessions, newest first: one row per session.
+
+    \b
+    Example:
+      rtcap sessions --failed --since 2h --label app=kiosk
+    """
+    from analyzer.explore import since_time
+
+    where, params = [], []
+    if failed:
+        where.append("failed")
+    for key, value in _labels_filter(labels):
+        where.append("labels[?] = ?")
+        params += [key, value]
+    if since:
+        try:
+            params.append(since_time(since))
+        except ValueError as e:
+            raise BadUsage(str(e)) from None
+        where.append("started_at >= ?")
+    query = (
+        "SELECT session_id, started_at, duration_s, state, model, dialect, recorder, messages, failures, "
+        "close_code, close_by, server_session_id, labels FROM sessions"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY started_at DESC, session_id DESC"
+        + (f" LIMIT {limit}" if limit else "")
+    )
+    _emit(_sql(_open(captures), query, params), fmt, output)
+
+
+def _labels_filter(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadUsage(f"malformed label {pair!r}: expected KEY=VALUE")
+        out.append((key, value))
+    return out
+
+
+@cli.command()
+@click.argument("session")
+@click.option("--around", type=int, metavar="SEQ", help="Show only the messages around this seq.")
+@click.option(
+    "--context",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="With --around: N each side.",
+)
+@captures_option
+def show(session: str, around: int | None, context: int, captures: Path) -> None:
+    """Show a session as a timeline: seq, time, gap, direction, type, size, summary.
+
+    Runs of deltas are collapsed into one line; failures are marked (and red on a
+    terminal).
+
+    \b
+    Example:
+      rtcap show 20261125T2341 --around 118 --context 10
+    """
+    from analyzer.explore import render_timeline, session_events
+    from analyzer.views import QueryError
+
+    path = _find(captures, session)
+    try:
+        events = session_events(_open(captures), path, around, context)
+    except (QueryError, ValueError) as e:
+        raise Failure(str(e)) from None
+    render_timeline(events, sys.stdout, color=sys.stdout.isatty())
+
+
+def _find(captures: Path, session: str) -> Path:
+    from analyzer.locate import SessionNotFound, find_session
+
+    try:
+        return find_session(captures, session)
+    except SessionNotFound as e:
+        raise BadUsage(str(e)) from None
+
+
+@cli.command()
 @click.argument("session")
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout."
 )
+@click.option(
+    "--audio",
+    "audio_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write input.wav and output.wav into DIR.",
+)
 @captures_option
-def export(session: str, output: Path | None, captures: Path) -> None:
+def export(session: str, output: Path | None, audio_dir: Path | None, captures: Path) -> None:
     """Print a session's exact messages as JSON lines.
 
     SESSION is a session id, a unique prefix of one, a capture file, or the server's own
@@ -321,17 +526,23 @@ def export(session: str, output: Path | None, captures: Path) -> None:
       rtcap export 20261125T2337 --output session.jsonl
     """
     from analyzer.export import write_jsonl
-    from analyzer.locate import SessionNotFound, find_session
     from recorder.capture import CaptureError, read_capture
 
     try:
-        capture = read_capture(find_session(captures, session))
-    except SessionNotFound as e:
-        raise BadUsage(str(e)) from None
+        capture = read_capture(_find(captures, session))
     except CaptureError as e:
         raise Failure(str(e)) from None
     if capture.state == "damaged":
         click.echo(f"rtcap: warning: {capture.path} is damaged: {'; '.join(capture.problems)}", err=True)
+    if audio_dir is not None:
+        from analyzer.audio import write_wavs
+
+        try:
+            durations = write_wavs(capture, audio_dir)
+        except OSError as e:
+            raise Failure(f"cannot write {audio_dir}: {e.strerror or e}") from None
+        for name, seconds in durations.items():
+            click.echo(f"wrote {audio_dir / name} ({seconds:.1f} s)", err=True)
     if output is None:
         write_jsonl(capture, sys.stdout)
         return

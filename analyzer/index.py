@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recorder.capture import Columns, CaptureError, make_private_dirs, read_columns
+from recorder.capture import CaptureError, Columns, make_private_dirs, read_columns
 
 from .locate import capture_files
 
@@ -121,7 +121,7 @@ def _dialect(header: dict[str, Any]) -> str:
     return "beta" if path.endswith("/openai/realtime") else "ga"
 
 
-def _formats(payload: str, direction: int, current: list[str]) -> None:
+def follow_formats(payload: str, direction: int, current: list[str]) -> None:
     """Follow the session's audio formats through ``session.*`` events."""
     try:
         event = json.loads(payload)
@@ -259,7 +259,7 @@ class Index:
         audio_ms: list[float | None] = []
         for payload, direction, audio in zip(cols.payload, cols.direction, cols.audio_bytes, strict=True):
             if payload is not None and '"session.' in payload[:64]:
-                _formats(payload, direction, formats)
+                follow_formats(payload, direction, formats)
             audio_ms.append(audio / BYTES_PER_MS[formats[direction]] if audio else None)
         row["format_in"], row["format_out"] = formats
         started = row["started_at"]

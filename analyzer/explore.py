@@ -1,0 +1,84 @@
+"""Helpers for the exploring commands: time filters and the ``show`` timeline."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import IO
+
+import pyarrow as pa
+
+from .timeline import timeline
+from .views import Captures
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def since_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """``--since``: an ISO date or time (UTC unless it says otherwise), or an age like 2h."""
+    now = now or dt.datetime.now(dt.UTC)
+    relative = _RELATIVE.match(text.strip())
+    if relative:
+        return now - dt.timedelta(seconds=float(relative.group(1)) * _UNITS[relative.group(2)])
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"bad --since {text!r}: use an ISO date or time, or an age like 30m, 2h, 7d") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def session_events(captures: Captures, path: Path, around: int | None, context: int) -> pa.Table:
+    """The events of the session in ``path``, optionally only those around a seq."""
+    rel = (
+        str(path.absolute().relative_to(captures.index.root))
+        if path.absolute().is_relative_to(captures.index.root)
+        else None
+    )
+    if rel is None:
+        raise ValueError(f"{path} is not under {captures.index.root}")
+    where, params = ["m.file = ?"], [rel]
+    if around is not None:
+        where.append("e.seq BETWEEN ? AND ?")
+        params += [around - context, around + context]
+    return captures.sql(
+        "SELECT e.seq, e.t_s, e.direction, e.type, e.bytes, e.audio_ms, e.payload::VARCHAR AS payload "
+        "FROM events e JOIN _manifest m USING (session_id) WHERE " + " AND ".join(where) + " ORDER BY e.seq",
+        params,
+    )
+
+
+def render_timeline(events: pa.Table, out: IO[str], *, color: bool) -> None:
+    """Print the timeline of a session's events."""
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(show_edge=False, header_style="bold", box=None)
+    for name, justify in (
+        ("seq", "right"),
+        ("t", "right"),
+        ("gap", "right"),
+        ("dir", "left"),
+        ("type", "left"),
+        ("size", "right"),
+        ("summary", "left"),
+    ):
+        view.add_column(
+            name, justify=justify, no_wrap=name != "summary", overflow="ellipsis" if name != "summary" else "fold"
+        )
+    for line in timeline(events):
+        seq = f"{line.seq}" if line.count == 1 else f"{line.seq}-{line.last_seq}"
+        kind = line.type
+        arrow = "->" if line.direction == "sent" else "<-"
+        summary = line.summary if len(line.summary) <= 100 else line.summary[:99] + "…"
+        style = "bold red" if line.failure else None
+        marker = "FAILED " if line.failure else ""
+        view.add_row(
+            seq, f"{line.t_s:.3f}", f"+{line.gap_s:.3f}", arrow, kind, _size(line.bytes), marker + summary, style=style
+        )
+    Console(file=out, no_color=not color, force_terminal=color, width=200 if not color else None).print(view)
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"

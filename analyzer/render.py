@@ -1,0 +1,129 @@
+"""Rendering Arrow tables for people and programs: table, CSV, JSON, JSON lines, Parquet.
+
+Timestamps become ISO-8601 UTC, maps JSON objects, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import decimal
+import io
+import json
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+
+FORMATS = ("table", "csv", "json", "jsonl")
+EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
+
+
+class RenderError(ValueError):
+    """An output file or format that cannot be honoured (a usage error)."""
+
+
+def output_format(fmt: str | None, output: Path | None) -> str:
+    """The format to write: from ``--output``'s extension, checked against ``--format``."""
+    if output is None:
+        return fmt or ("table" if sys.stdout.isatty() else "csv")
+    by_extension = EXTENSIONS.get(output.suffix.lower())
+    if by_extension is None:
+        raise RenderError(f"--output {output}: use a .parquet, .csv, .json or .jsonl file")
+    if fmt is not None and fmt != by_extension and not (fmt == "table" and by_extension == "parquet"):
+        raise RenderError(f"--format {fmt} contradicts --output {output}")
+    return by_extension
+
+
+def plain(value: Any) -> Any:
+    """A value as JSON would hold it."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC)
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def rows(table: pa.Table) -> list[dict[str, Any]]:
+    """The table's rows, each value made plain; map columns become objects even when empty."""
+    maps = {f.name for f in table.schema if pa.types.is_map(f.type)}
+    out = []
+    for row in table.to_pylist():
+        item = {}
+        for key, value in row.items():
+            if key in maps and value is not None:
+                item[key] = {str(k): plain(v) for k, v in value}
+            else:
+                item[key] = plain(value)
+        out.append(item)
+    return out
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def write(table: pa.Table, fmt: str, out: IO[str]) -> None:
+    """Write ``table`` to a text stream in ``fmt`` (table, csv, json, jsonl)."""
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(table.column_names)
+        for row in rows(table):
+            writer.writerow([_cell(v) for v in row.values()])
+    elif fmt == "json":
+        json.dump(rows(table), out, ensure_ascii=False, indent=None)
+        out.write("\n")
+    elif fmt == "jsonl":
+        for row in rows(table):
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        _rich_table(table, out)
+
+
+def _rich_table(table: pa.Table, out: IO[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(show_edge=False, header_style="bold")
+    for name in table.column_names:
+        view.add_column(name, overflow="fold")
+    for row in rows(table):
+        view.add_row(*[_short(_cell(v)) for v in row.values()])
+    # On a terminal rich fits the table to it; in a file, lines are as long as they need.
+    Console(file=out, soft_wrap=False, width=None if out.isatty() else 1000).print(view)
+    if table.num_rows == 0:
+        out.write("(no rows)\n")
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def save(table: pa.Table, fmt: str, path: Path) -> None:
+    """Write ``table`` to a file in ``fmt`` (parquet, csv, json, jsonl)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, path)
+        return
+    buffer = io.StringIO()
+    write(table, fmt, buffer)
+    path.write_text(buffer.getvalue(), encoding="utf-8")

@@ -1,0 +1,92 @@
+"""``rtcap show``: a session as a readable timeline, deltas collapsed, failures marked."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pyarrow as pa
+
+
+@dataclasses.dataclass
+class Line:
+    """One line of the timeline: a message, or a run of deltas of one type."""
+
+    seq: int
+    last_seq: int
+    t_s: float
+    gap_s: float
+    direction: str
+    type: str
+    count: int
+    bytes: int
+    audio_ms: float
+    summary: str
+    failure: bool
+    kinds: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def _summary(event: dict[str, Any] | None, kind: str) -> tuple[str, bool]:
+    """A short description of an event, and whether it is a failure."""
+    if event is None:
+        return "", False
+    if kind == "error":
+        error = event.get("error") or {}
+        return f"{error.get('type')}: {error.get('code') or ''} {error.get('message') or ''}".strip(), True
+    if kind == "response.done":
+        response = event.get("response") or {}
+        status = response.get("status")
+        error = (response.get("status_details") or {}).get("error") or {}
+        usage = response.get("usage") or {}
+        text = f"{status} in={usage.get('input_tokens')} out={usage.get('output_tokens')}"
+        if error:
+            text += f" {error.get('type')}: {error.get('message') or ''}".rstrip()
+        return text, status == "failed"
+    if kind in ("session.created", "session.updated"):
+        session = event.get("session") or {}
+        return f"{session.get('id') or ''} {session.get('model') or ''}".strip(), False
+    for key in ("delta", "transcript", "text", "arguments"):
+        if isinstance(event.get(key), str):
+            return event[key], False
+    for key in ("item_id", "response_id"):
+        if event.get(key):
+            return f"{key}={event[key]}", False
+    return "", False
+
+
+def timeline(events: pa.Table) -> list[Line]:
+    """Lines for a session's events (one session, ``seq`` order)."""
+    lines: list[Line] = []
+    previous_t = 0.0
+    for row in events.to_pylist():
+        kind = row["type"] or ("(binary)" if row["payload"] is None else "(text)")
+        event = json.loads(row["payload"]) if row["payload"] else None
+        summary, failure = _summary(event, kind)
+        last = lines[-1] if lines else None
+        audio_ms = row["audio_ms"] or 0.0
+        # A run of deltas (audio and transcript interleave) becomes one line.
+        if last is not None and kind.endswith(".delta") and last.kinds and last.direction == row["direction"]:
+            last.last_seq, last.count = row["seq"], last.count + 1
+            last.kinds[kind] = last.kinds.get(kind, 0) + 1
+            last.bytes += row["bytes"]
+            last.audio_ms += audio_ms
+            last.summary += "" if audio_ms else summary
+            previous_t = row["t_s"]
+            continue
+        gap = row["t_s"] - previous_t
+        line = Line(
+            row["seq"], row["seq"], row["t_s"], gap, row["direction"], kind, 1, row["bytes"], audio_ms, summary, failure
+        )
+        if kind.endswith(".delta"):
+            line.kinds = {kind: 1}
+            line.summary = "" if audio_ms else summary
+        lines.append(line)
+        previous_t = row["t_s"]
+    for line in lines:
+        if line.count > 1:
+            line.type = ", ".join(f"{k.removeprefix('response.')} x{n}" for k, n in line.kinds.items())
+        if line.audio_ms:
+            said = f": {line.summary}" if line.summary else ""
+            line.summary = f"{line.audio_ms:.0f} ms of audio{said}"
+    return lines

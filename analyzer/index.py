@@ -31,7 +31,7 @@ from recorder.capture import CaptureError, Columns, make_private_dirs, read_colu
 
 from .locate import capture_files
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 BYTES_PER_MS = {"pcm16": 48, "audio/pcm": 48, "g711_ulaw": 8, "g711_alaw": 8, "audio/pcmu": 8, "audio/pcma": 8}
 PART_ROWS = 200_000  # messages per Parquet part: bounds memory for very long captures
 
@@ -39,6 +39,7 @@ MANIFEST_SCHEMA = pa.schema(
     [
         ("file", pa.string()),
         ("session_id", pa.string()),
+        ("key", pa.string()),
         ("size", pa.int64()),
         ("mtime_ns", pa.int64()),
         ("ino", pa.int64()),
@@ -177,8 +178,9 @@ class Index:
             for rel, row in old.items():
                 if rel not in rows:
                     report.deleted.append(rel)
-                    self._drop_parts(row["session_id"])
-            self._write_manifest(list(rows.values()))
+                    self._drop_parts(row["key"])
+            if rows != old:
+                self._write_manifest(list(rows.values()))
         return report
 
     def _update_file(self, path: Path, rel: str, old: dict[str, Any] | None, report: UpdateReport) -> dict[str, Any]:
@@ -197,7 +199,7 @@ class Index:
         ):
             start, row = old["stop"], dict(old)
         if old is not None and row is None:
-            self._drop_parts(old["session_id"])
+            self._drop_parts(old["key"])
         cols = read_columns(path, start)
         if row is None:
             row = self._new_row(rel, path, cols)
@@ -233,6 +235,7 @@ class Index:
         return {
             "file": rel,
             "session_id": str(header.get("session_id") or path.stem),
+            "key": rel.removesuffix(".msgpack").replace("/", "_"),
             "parts": 0,
             "messages": 0,
             "problems": None if cols.header else "no header record",
@@ -291,12 +294,12 @@ class Index:
     def _write_part(self, row: dict[str, Any], table: pa.Table) -> None:
         from .views import extract_fields
 
-        path = self.events_dir / f"{row['session_id']}.{row['parts']:05d}.parquet"
+        path = self.events_dir / f"{row['key']}.{row['parts']:05d}.parquet"
         _atomic_parquet(extract_fields(table), path)
         row["parts"] += 1
 
-    def _drop_parts(self, session_id: str) -> None:
-        for part in self.events_dir.glob(f"{session_id}.*.parquet"):
+    def _drop_parts(self, key: str) -> None:
+        for part in self.events_dir.glob(f"{key}.*.parquet"):
             part.unlink(missing_ok=True)
 
     def _write_manifest(self, rows: list[dict[str, Any]]) -> None:

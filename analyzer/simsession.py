@@ -135,7 +135,8 @@ def pcm16_samples(audio: bytes, fmt: str) -> np.ndarray:
 
 def _tone(ms: int, fmt: str, seed: int) -> bytes:
     """A chunk of a quiet voiced-sounding tone in ``fmt``."""
-    t = np.arange(SAMPLE_RATE * ms // 1000) / SAMPLE_RATE
+    rate = SAMPLE_RATE if fmt == "pcm16" else 8_000  # G.711 is 8 kHz: 8 bytes per ms
+    t = np.arange(rate * ms // 1000) / rate
     freq = 180 + 40 * (seed % 5)
     wave = 0.2 * np.sin(2 * math.pi * freq * t) + 0.05 * np.sin(2 * math.pi * 3 * freq * t)
     samples = (wave * 32767).astype("<i2")

@@ -181,7 +181,15 @@ class Index:
                     self._drop_parts(row["key"])
             if rows != old:
                 self._write_manifest(list(rows.values()))
+            self._sweep(rows.values())
         return report
+
+    def _sweep(self, rows: Any) -> None:
+        """Remove part files no manifest row owns (from an older index, or a crash)."""
+        owned = {path.name for path in self._parts(rows)}
+        for part in self.events_dir.glob("*.parquet"):
+            if part.name not in owned:
+                part.unlink(missing_ok=True)
 
     def _update_file(self, path: Path, rel: str, old: dict[str, Any] | None, report: UpdateReport) -> dict[str, Any]:
         stat = path.stat()
@@ -308,8 +316,11 @@ class Index:
         _atomic_parquet(table, self.manifest_path)
 
     def part_files(self) -> list[Path]:
-        """Every events part, for DuckDB."""
-        return sorted(self.events_dir.glob("*.parquet"))
+        """Every events part of the captures in the manifest, for DuckDB."""
+        return self._parts(self.manifest().values())
+
+    def _parts(self, rows: Any) -> list[Path]:
+        return [self.events_dir / f"{row['key']}.{n:05d}.parquet" for row in rows for n in range(row["parts"])]
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:

@@ -358,3 +358,16 @@ def test_export_audio_writes_wavs(corpus, tmp_path: Path) -> None:
     out_bytes = sum(len(a) for m in spoken.messages if m.direction == "received" for a in m.audio())
     with wave.open(str(tmp_path / "wav" / "output.wav")) as w:
         assert w.getnframes() == out_bytes // 2
+
+
+def test_stray_index_parts_are_swept(tmp_path: Path) -> None:
+    day = tmp_path / "captures" / "2026-11-25"
+    day.mkdir(parents=True)
+    shutil.copy(GOLDEN, day / "20261125T120000000000Z-goldenab.msgpack")
+    index = Index(tmp_path / "captures")
+    index.update()
+    stray = index.events_dir / "left-over.00000.parquet"
+    shutil.copy(index.part_files()[0], stray)
+    index.update()
+    assert not stray.exists()
+    assert sql(tmp_path / "captures", "SELECT count(*) AS n FROM events") == [{"n": 8}]

@@ -45,6 +45,7 @@ $(MITM_VENV)/bin/mitmdump:
 bench: $(VENV)/.installed-bench $(MITM_VENV)/bin/mitmdump
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/shim_bench.py
+	$(BIN)/python bench/index_bench.py
 
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check recorder analyzer tests bench

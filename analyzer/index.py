@@ -17,14 +17,14 @@ import fcntl
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recorder.capture import CaptureError, Columns, make_private_dirs, read_columns
@@ -139,6 +139,116 @@ def follow_formats(payload: str, direction: int, current: list[str]) -> None:
             current[side] = fmt
 
 
+def _started_at(header: dict[str, Any] | None) -> dt.datetime | None:
+    started = (header or {}).get("started_at")
+    try:
+        return dt.datetime.fromisoformat(started) if isinstance(started, str) else None
+    except ValueError:
+        return None
+
+
+@dataclasses.dataclass
+class _Read:
+    """What was read of one capture, ready to fold into the index (picklable)."""
+
+    header: dict[str, Any] | None
+    end: dict[str, Any] | None
+    problems: list[str]
+    locked: bool
+    tables: list[pa.Table]
+    messages: int
+    last_t_ns: int | None
+    formats: list[str]
+    size: int
+    mtime_ns: int
+    ino: int
+    stop: int
+    mark: bytes
+
+
+def _read_job(path: Path, start: int, base: dict[str, Any] | None) -> _Read | CaptureError:
+    """Read a capture from ``start`` and turn its messages into Arrow tables (no DuckDB
+    here: this runs in worker processes)."""
+    try:
+        stat = path.stat()
+        cols = read_columns(path, start)
+    except (CaptureError, OSError) as e:
+        return e if isinstance(e, CaptureError) else CaptureError(f"cannot read {path}: {e}")
+    header = cols.header if base is None else None
+    session_id = str((header or {}).get("session_id") or path.stem) if base is None else base["session_id"]
+    started = _started_at(header) if base is None else base["started_at"]
+    formats = ["pcm16", "pcm16"] if base is None else [base["format_in"], base["format_out"]]
+    tables = _tables(cols, session_id, started, formats)
+    return _Read(
+        header=header,
+        end=cols.end,
+        problems=cols.problems,
+        locked=cols.locked,
+        tables=tables,
+        messages=len(cols.seq),
+        last_t_ns=cols.t_ns[-1] if cols.t_ns else None,
+        formats=formats,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        ino=stat.st_ino,
+        stop=cols.stop,
+        mark=_mark(path, cols.stop),
+    )
+
+
+def _tables(cols: Columns, session_id: str, started: dt.datetime | None, formats: list[str]) -> list[pa.Table]:
+    """A capture's new messages as Arrow tables of at most ``PART_ROWS`` rows; ``formats``
+    (input, output) is followed through ``session.*`` events and left as it ends."""
+    audio_ms: list[float | None] = []
+    for payload, direction, audio in zip(cols.payload, cols.direction, cols.audio_bytes, strict=True):
+        if payload is not None and '"session.' in payload[:64]:
+            follow_formats(payload, direction, formats)
+        audio_ms.append(audio / BYTES_PER_MS[formats[direction]] if audio else None)
+    base_us = int(started.timestamp() * 1_000_000) if started is not None else 0
+    tables = []
+    for lo in range(0, len(cols.seq), PART_ROWS):
+        hi = lo + PART_ROWS
+        t_ns = pa.array(cols.t_ns[lo:hi], pa.int64())
+        tables.append(
+            pa.table(
+                {
+                    "session_id": pa.array([session_id] * len(t_ns), pa.string()).dictionary_encode(),
+                    "seq": pa.array(cols.seq[lo:hi], pa.int64()),
+                    "t_ns": t_ns,
+                    "ts": pc.add(pc.divide(t_ns, 1000), base_us).cast(pa.timestamp("us", tz="UTC")),
+                    "direction": pa.array(
+                        ["sent" if d == 0 else "received" for d in cols.direction[lo:hi]]
+                    ).dictionary_encode(),
+                    "is_text": pa.array(cols.text[lo:hi], pa.bool_()),
+                    "bytes": pa.array(cols.wire_bytes[lo:hi], pa.int64()),
+                    "audio_bytes": pa.array(cols.audio_bytes[lo:hi], pa.int64()),
+                    "audio_ms": pa.array(audio_ms[lo:hi], pa.float64()),
+                    "redacted": pa.array(cols.redacted[lo:hi], pa.bool_()),
+                    "payload": pa.array(cols.payload[lo:hi], pa.string()),
+                }
+            )
+        )
+    return tables
+
+
+def _read_all(jobs: list[tuple[Path, str, int, dict[str, Any] | None]]) -> Iterator[_Read | CaptureError]:
+    """Read the captures of ``jobs`` in order: in worker processes when there are many."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(jobs) < 16 or workers < 2:
+        for path, _, start, base in jobs:
+            yield _read_job(path, start, base)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forkserver: workers start from a clean single-threaded process, never from a fork
+    # of this one, whose DuckDB and Arrow threads could hold locks at the moment of fork.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        paths, starts, bases = zip(*[(path, start, base) for path, _, start, base in jobs], strict=True)
+        yield from pool.map(_read_job, paths, starts, bases, chunksize=4)
+
+
 class Index:
     """The index of one capture root."""
 
@@ -147,6 +257,9 @@ class Index:
         self.dir = index_dir(self.root)
         self.events_dir = self.dir / "events"
         self.manifest_path = self.dir / "manifest.parquet"
+        self._db: Any = None  # a DuckDB connection for parsing payloads, opened when needed
+        self._pending: list[tuple[Path, pa.Table]] = []
+        self._pending_rows = 0
 
     def manifest(self) -> dict[str, dict[str, Any]]:
         """The manifest's rows by file (relative to the root)."""
@@ -165,16 +278,27 @@ class Index:
             old = self.manifest()
             rows: dict[str, dict[str, Any]] = {}
             files = capture_files(self.root) if self.root.is_dir() else []
-            for n, path in enumerate(files):
+            jobs = []
+            for path in files:
                 rel = str(path.relative_to(self.root))
-                try:
-                    rows[rel] = self._update_file(path, rel, old.get(rel), report)
-                except CaptureError as e:
-                    report.errors.append(str(e))
+                job = self._plan(path, rel, old.get(rel), report)
+                if job is None:
+                    rows[rel] = old[rel]
+                else:
+                    jobs.append(job)
+            done = len(rows)
+            for job, result in zip(jobs, _read_all(jobs), strict=True):
+                path, rel, start, base = job
+                if isinstance(result, CaptureError):
+                    report.errors.append(str(result))
                     if rel in old:
                         rows[rel] = old[rel]
+                else:
+                    rows[rel] = self._apply(path, rel, old.get(rel), base, result, report)
+                done += 1
                 if progress is not None:
-                    progress(n + 1, len(files))
+                    progress(done, len(files))
+            self._flush()
             for rel, row in old.items():
                 if rel not in rows:
                     report.deleted.append(rel)
@@ -191,13 +315,13 @@ class Index:
             if part.name not in owned:
                 part.unlink(missing_ok=True)
 
-    def _update_file(self, path: Path, rel: str, old: dict[str, Any] | None, report: UpdateReport) -> dict[str, Any]:
+    def _plan(self, path: Path, rel: str, old: dict[str, Any] | None, report: UpdateReport) -> Any:
+        """What to read of a capture: ``None`` if nothing, else (path, rel, start, row to extend)."""
         stat = path.stat()
         identity = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         if old is not None and (old["size"], old["mtime_ns"], old["ino"]) == identity and old["state"] != "open":
             report.unchanged.append(rel)
-            return old
-        start, row = 0, None
+            return None
         if (
             old is not None
             and old["ino"] == stat.st_ino
@@ -205,40 +329,50 @@ class Index:
             and old["end_t_ns"] is None
             and _mark(path, old["stop"]) == old["mark"]
         ):
-            start, row = old["stop"], dict(old)
-        if old is not None and row is None:
+            return path, rel, old["stop"], dict(old)
+        if old is not None:
             self._drop_parts(old["key"])
-        cols = read_columns(path, start)
+        return path, rel, 0, None
+
+    def _apply(
+        self,
+        path: Path,
+        rel: str,
+        old: dict[str, Any] | None,
+        row: dict[str, Any] | None,
+        read: _Read,
+        report: UpdateReport,
+    ) -> dict[str, Any]:
+        """Fold what was read of a capture into its manifest row, and queue its parts."""
         if row is None:
-            row = self._new_row(rel, path, cols)
+            row = self._new_row(rel, path, read.header)
             (report.new if old is None else report.changed).append(rel)
-        elif stat.st_size == old["size"] and not cols.seq and cols.end is None:
+        elif old is not None and read.size == old["size"] and not read.messages and read.end is None:
             report.unchanged.append(rel)
         else:
             report.grown.append(rel)
-        self._append(row, cols)
-        row.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns, ino=stat.st_ino, stop=cols.stop)
-        row["mark"] = _mark(path, cols.stop)
-        if cols.end is not None:
-            end = cols.end
+        for table in read.tables:
+            self._write_part(row, table)
+        if read.messages:
+            row["messages"] += read.messages
+            row["last_t_ns"] = read.last_t_ns
+        row["format_in"], row["format_out"] = read.formats
+        row.update(size=read.size, mtime_ns=read.mtime_ns, ino=read.ino, stop=read.stop, mark=read.mark)
+        if read.end is not None:
+            end = read.end
             row.update(end_t_ns=end.get("t_ns"), close_code=end.get("code"), close_by=end.get("closed_by"))
             row["end_error"] = end.get("error") or end.get("incomplete")
-        problems = [p for p in (row["problems"] or "").split("\n") if p] + cols.problems
-        if not cols.locked and row["end_t_ns"] is None:
+        problems = [p for p in (row["problems"] or "").split("\n") if p] + read.problems
+        if not read.locked and row["end_t_ns"] is None:
             problems.append("no end record: the recording process stopped before the session ended")
         row["problems"] = "\n".join(dict.fromkeys(problems)) or None
-        row["state"] = "open" if cols.locked else ("damaged" if row["problems"] else "closed")
+        row["state"] = "open" if read.locked else ("damaged" if row["problems"] else "closed")
         if row["state"] == "damaged":
             report.damaged.append(rel)
         return row
 
-    def _new_row(self, rel: str, path: Path, cols: Columns) -> dict[str, Any]:
-        header = cols.header or {}
-        started = header.get("started_at")
-        try:
-            started_at = dt.datetime.fromisoformat(started) if isinstance(started, str) else None
-        except ValueError:
-            started_at = None
+    def _new_row(self, rel: str, path: Path, header: dict[str, Any] | None) -> dict[str, Any]:
+        header = header or {}
         labels = header.get("labels") if isinstance(header.get("labels"), dict) else {}
         return {
             "file": rel,
@@ -246,8 +380,8 @@ class Index:
             "key": rel.removesuffix(".msgpack").replace("/", "_"),
             "parts": 0,
             "messages": 0,
-            "problems": None if cols.header else "no header record",
-            "started_at": started_at,
+            "problems": None if header else "no header record",
+            "started_at": _started_at(header),
             "url": header.get("url"),
             "dialect": _dialect(header),
             "recorder": header.get("recorder"),
@@ -262,49 +396,31 @@ class Index:
             "format_out": "pcm16",
         }
 
-    def _append(self, row: dict[str, Any], cols: Columns) -> None:
-        """Write the new messages of a capture as Parquet parts."""
-        if not cols.seq:
-            return
-        formats = [row["format_in"], row["format_out"]]
-        audio_ms: list[float | None] = []
-        for payload, direction, audio in zip(cols.payload, cols.direction, cols.audio_bytes, strict=True):
-            if payload is not None and '"session.' in payload[:64]:
-                follow_formats(payload, direction, formats)
-            audio_ms.append(audio / BYTES_PER_MS[formats[direction]] if audio else None)
-        row["format_in"], row["format_out"] = formats
-        started = row["started_at"]
-        base_us = int(started.timestamp() * 1_000_000) if started is not None else 0
-        for lo in range(0, len(cols.seq), PART_ROWS):
-            hi = lo + PART_ROWS
-            t_ns = cols.t_ns[lo:hi]
-            table = pa.table(
-                {
-                    "session_id": pa.array([row["session_id"]] * len(t_ns), pa.string()).dictionary_encode(),
-                    "seq": pa.array(cols.seq[lo:hi], pa.int64()),
-                    "t_ns": pa.array(t_ns, pa.int64()),
-                    "ts": pa.array([base_us + t // 1000 for t in t_ns], pa.timestamp("us", tz="UTC")),
-                    "direction": pa.array(
-                        ["sent" if d == 0 else "received" for d in cols.direction[lo:hi]]
-                    ).dictionary_encode(),
-                    "is_text": pa.array(cols.text[lo:hi], pa.bool_()),
-                    "bytes": pa.array(cols.wire_bytes[lo:hi], pa.int64()),
-                    "audio_bytes": pa.array(cols.audio_bytes[lo:hi], pa.int64()),
-                    "audio_ms": pa.array(audio_ms[lo:hi], pa.float64()),
-                    "redacted": pa.array(cols.redacted[lo:hi], pa.bool_()),
-                    "payload": pa.array(cols.payload[lo:hi], pa.string()),
-                }
-            )
-            self._write_part(row, table)
-        row["messages"] += len(cols.seq)
-        row["last_t_ns"] = cols.t_ns[-1]
-
     def _write_part(self, row: dict[str, Any], table: pa.Table) -> None:
+        """Queue a part; parts are parsed by DuckDB in batches, which costs far less per part."""
+        path = self.events_dir / f"{row['key']}.{row['parts']:05d}.parquet"
+        row["parts"] += 1
+        self._pending.append((path, table))
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= PART_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Parse the queued parts' payloads in one DuckDB query and write each part."""
+        if not self._pending:
+            return
+        import duckdb
+
         from .views import extract_fields
 
-        path = self.events_dir / f"{row['key']}.{row['parts']:05d}.parquet"
-        _atomic_parquet(extract_fields(table), path)
-        row["parts"] += 1
+        if self._db is None:
+            self._db = duckdb.connect()
+        merged = extract_fields(pa.concat_tables([table for _, table in self._pending]), self._db)
+        offset = 0
+        for path, table in self._pending:
+            _atomic_parquet(merged.slice(offset, table.num_rows), path)
+            offset += table.num_rows
+        self._pending, self._pending_rows = [], 0
 
     def _drop_parts(self, key: str) -> None:
         for part in self.events_dir.glob(f"{key}.*.parquet"):
@@ -334,23 +450,3 @@ def _atomic_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, tmp, compression="zstd")
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
-
-
-def url_model(url: str | None) -> str | None:
-    """The model or deployment named in a realtime URL's query."""
-    if not url:
-        return None
-    query = parse_qs(urlsplit(url).query)
-    for key in ("model", "deployment"):
-        if query.get(key):
-            return query[key][-1]
-    return None
-
-
-def progress_bar(enabled: bool) -> Any:
-    """A rich progress bar on stderr for long index updates, or a no-op."""
-    if not enabled or not sys.stderr.isatty():
-        return contextlib.nullcontext(None)
-    from rich.progress import Progress
-
-    return Progress(transient=True, console=None)

@@ -30,10 +30,10 @@ class QueryError(Exception):
     """A query DuckDB rejected, or one that tries to write; the message is one line."""
 
 
-def extract_fields(table: pa.Table) -> pa.Table:
+def extract_fields(table: pa.Table, con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
     """Add the event columns parsed from each JSON payload (in DuckDB, not per row in Python)."""
-    con = duckdb.connect()
-    con.register("raw", table)
+    con = con or duckdb.connect()
+    raw = table  # noqa: F841 - found by DuckDB's replacement scan below
     return con.sql(
         """
         WITH parsed AS (

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import struct
@@ -408,6 +409,7 @@ class Columns:
     locked: bool
 
 
+@functools.lru_cache(maxsize=4096)
 def _placeholder(size: int) -> bytes:
     return f"<audio {size} bytes>".encode()
 
@@ -431,51 +433,92 @@ def read_columns(path: str | os.PathLike[str], start: int = 0) -> Columns:
 
 
 def _read_columns(data: mmap.mmap, start: int, cols: Columns, path: Path) -> None:
+    # The index reads every message of every capture: this loop avoids any object per
+    # message beyond what msgpack returns, and checks each record's shape as it goes.
     view = data[start:] if start else data
     size = len(view)
-    append_seq, append_t, append_dir = cols.seq.append, cols.t_ns.append, cols.direction.append
-    for offset, body, skipped in iter_frames(view):
-        if body is None:
-            if cols.locked and offset + skipped == size:
-                break  # a record still being written: the next update reads it
-            cols.problems.append(f"skipped {skipped} unreadable bytes at offset {start + offset}")
-            cols.stop = start + offset + skipped
-            continue
-        cols.stop = start + offset + FRAME_OVERHEAD + len(body)
-        record = _unpack(body)
-        if isinstance(record, list) and record and record[0] == MESSAGE:
-            message = _message(record)
-            if message is None:
-                cols.problems.append(f"skipped a malformed record at offset {start + offset}")
-                continue
-            append_seq(message.seq)
-            append_t(message.t_ns)
-            append_dir(0 if message.direction == "sent" else 1)
-            is_text = message.opcode == "text"
-            cols.text.append(is_text)
-            audio = 0
-            if message.splices:
-                parts, position = [], 0
-                for offset_in, chunk in message.splices:
-                    parts.append(message.payload[position:offset_in])
-                    parts.append(_placeholder(len(chunk)))
-                    position = offset_in
-                    audio += len(chunk)
-                parts.append(message.payload[position:])
-                shown = b"".join(parts)
-                wire = len(message.payload) + sum(4 * ((len(c) + 2) // 3) for _, c in message.splices)
-            else:
-                shown, wire = message.payload, len(message.payload)
-            cols.payload.append(shown.decode("utf-8", errors="replace") if is_text else None)
-            cols.wire_bytes.append(wire)
-            cols.audio_bytes.append(audio)
-            cols.redacted.append(message.redacted)
-        elif isinstance(record, dict) and record.get("kind") == "header" and cols.header is None and start == 0:
-            version = record.get("format")
-            if type(version) is int and version > FORMAT_VERSION:
-                raise CaptureError(f"{path}: capture format version {version} is newer than this rtcap reads")
-            cols.header = record
-        elif isinstance(record, dict) and record.get("kind") == "end" and cols.end is None:
-            cols.end = record
-        else:
-            cols.problems.append(f"skipped a malformed record at offset {start + offset}")
+    unpack_from, crc32, unpackb = _FRAME.unpack_from, zlib.crc32, msgpack.unpackb
+    seqs, times, directions, texts = cols.seq, cols.t_ns, cols.direction, cols.text
+    payloads, wires, audios, redactions = cols.payload, cols.wire_bytes, cols.audio_bytes, cols.redacted
+    pos = 0
+    while pos < size:
+        if size - pos >= FRAME_OVERHEAD and view[pos : pos + 4] == SYNC:
+            _, length, crc = unpack_from(view, pos)
+            end = pos + FRAME_OVERHEAD + length
+            if end <= size:
+                body = view[pos + FRAME_OVERHEAD : end]
+                if crc32(body) == crc:
+                    try:
+                        record = unpackb(body, raw=False)
+                    except Exception:
+                        record = None
+                    if type(record) is list and len(record) == 8 and record[0] == MESSAGE:
+                        _, seq, t_ns, direction, opcode, payload, splices, flags = record
+                        if (
+                            type(seq) is int
+                            and type(t_ns) is int
+                            and direction in (SENT, RECEIVED)
+                            and opcode in OPCODES
+                            and type(payload) is bytes
+                            and type(flags) is int
+                            and (splices is None or _valid_splices(splices, flags, len(payload)))
+                        ):
+                            seqs.append(seq)
+                            times.append(t_ns)
+                            directions.append(direction)
+                            is_text = opcode == TEXT
+                            texts.append(is_text)
+                            audio = 0
+                            wire = len(payload)
+                            if splices:
+                                parts, position = [], 0
+                                for splice in splices:
+                                    # Stored audio is [offset, bytes]; dropped audio [offset, count, fill].
+                                    n = len(splice[1]) if type(splice[1]) is bytes else splice[1]
+                                    parts.append(payload[position : splice[0]])
+                                    parts.append(_placeholder(n))
+                                    position = splice[0]
+                                    audio += n
+                                    wire += 4 * ((n + 2) // 3)
+                                parts.append(payload[position:])
+                                payload = b"".join(parts)
+                            payloads.append(payload.decode("utf-8", errors="replace") if is_text else None)
+                            wires.append(wire)
+                            audios.append(audio)
+                            redactions.append(bool(flags & REDACTED))
+                        else:
+                            cols.problems.append(f"skipped a malformed record at offset {start + pos}")
+                    elif type(record) is dict and record.get("kind") == "header" and cols.header is None and start == 0:
+                        version = record.get("format")
+                        if type(version) is int and version > FORMAT_VERSION:
+                            raise CaptureError(
+                                f"{path}: capture format version {version} is newer than this rtcap reads"
+                            )
+                        cols.header = record
+                    elif type(record) is dict and record.get("kind") == "end" and cols.end is None:
+                        cols.end = record
+                    else:
+                        cols.problems.append(f"skipped a malformed record at offset {start + pos}")
+                    pos = end
+                    cols.stop = start + pos
+                    continue
+        following = view.find(SYNC, pos + 1)
+        following = size if following < 0 else following
+        if cols.locked and following == size:
+            break  # a record still being written: the next update reads it
+        cols.problems.append(f"skipped {following - pos} unreadable bytes at offset {start + pos}")
+        pos = following
+        cols.stop = start + pos
+
+
+def _valid_splices(splices: Any, flags: int, size: int) -> bool:
+    if type(splices) is not list:
+        return False
+    if flags & AUDIO_DROPPED:
+        return all(_is_dropped_splice(s, size) for s in splices)
+    for splice in splices:  # the common case, checked without a call per splice
+        if not (type(splice) is list and len(splice) == 2 and type(splice[0]) is int):
+            return False
+        if not (0 <= splice[0] <= size and type(splice[1]) is bytes):
+            return False
+    return True

@@ -371,3 +371,27 @@ def test_stray_index_parts_are_swept(tmp_path: Path) -> None:
     index.update()
     assert not stray.exists()
     assert sql(tmp_path / "captures", "SELECT count(*) AS n FROM events") == [{"n": 8}]
+
+
+def test_several_processes_may_index_at_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    day = tmp_path / "captures" / "2026-11-25"
+    day.mkdir(parents=True)
+    for n in range(20):
+        shutil.copy(GOLDEN, day / f"20261125T1200{n:02d}000000Z-goldenab.msgpack")
+    rtcap = str(Path(sys.executable).parent / "rtcap")
+    command = [
+        rtcap,
+        "query",
+        "SELECT count(*) AS n FROM events",
+        "--captures",
+        str(tmp_path / "captures"),
+        "--format",
+        "csv",
+    ]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    assert [out for out, _ in outputs] == ["n\n160\n"] * 3

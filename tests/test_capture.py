@@ -251,3 +251,19 @@ def test_mutated_captures_yield_records_or_a_capture_error(flips: list[tuple[int
         return
     for message in got.messages:
         message.data()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, len(GOLDEN) - 1), st.integers(0, 255)), max_size=8), st.integers(0, len(GOLDEN))
+)
+def test_the_columnar_reader_survives_damage_too(flips: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(GOLDEN)
+    for offset, value in flips:
+        data[offset] = value
+    cols = capture.Columns(None, None, [], [], [], [], [], [], [], [], [], 0, False)
+    try:
+        capture._read_columns(bytes(data[:cut]), 0, cols, Path("-"))
+    except CaptureError:
+        return
+    assert len(cols.seq) == len(cols.payload) == len(cols.wire_bytes) <= 8

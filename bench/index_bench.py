@@ -1,0 +1,222 @@
+"""The analyzer's index against what a user might do instead, on a generated corpus.
+
+The corpus: ``--sessions`` sessions of ``--messages`` messages each (1,000 x 1,000 by
+default), written as real capture files, and the same messages as JSON lines. Each session
+is a run of voice turns: 100 ms audio appends, response.create, then responses of 100 ms
+audio deltas interleaved with transcript deltas, as a realtime server streams them.
+
+Measured, each in a process of its own (time and peak RSS):
+
+- baseline: DuckDB over the JSON lines,
+  ``SELECT type, direction, count(*), sum(length(data)) FROM read_json(...) GROUP BY ALL``;
+- first build: ``rtcap query`` of the same question on ``events`` with no index yet;
+- re-query: the same command again, nothing changed;
+- update: one more session added, then the same command.
+
+Targets: first build no slower than the baseline; re-query at least 10x faster than it;
+the update under one second; peak memory within ``RTCAP_MEMORY_LIMIT``.
+Run: ``make bench`` (or ``.venv/bin/python bench/index_bench.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from recorder.capture import CaptureWriter  # noqa: E402
+from recorder.session import RECEIVED, SENT, SessionRecorder, capture_path, new_session_id  # noqa: E402
+
+QUESTION = "SELECT type, direction, count(*), sum({size}) FROM {source} GROUP BY ALL"
+MEMORY_LIMIT = "2GB"
+
+
+def _templates(rng: random.Random) -> dict[str, list[str]]:
+    audio = [base64.b64encode(rng.randbytes(4800)).decode() for _ in range(4)]
+    ids = '"response_id":"resp_CAbVxZ2wQ3kLm9NpRt7Yu","item_id":"item_CAbVxa8HsJ4dKf1GhP0Qe","output_index":0,"content_index":0'
+    words = ["Sure ", "the ", "weather ", "in ", "Lisbon ", "is ", "sunny ", "today. "]
+    return {
+        "append": [json.dumps({"type": "input_audio_buffer.append", "audio": a}) for a in audio],
+        "delta": [
+            '{"type":"response.output_audio.delta","event_id":"event_%d",' + ids + ',"delta":"' + a + '"}'
+            for a in audio
+        ],
+        "word": [
+            '{"type":"response.output_audio_transcript.delta","event_id":"event_%d",'
+            + ids
+            + ',"delta":'
+            + json.dumps(w)
+            + "}"
+            for w in words
+        ],
+        "created": [
+            '{"type":"response.created","event_id":"event_%d","response":{"id":"resp_CAbVxZ2wQ3kLm9NpRt7Yu","status":"in_progress"}}'
+        ],
+        "done": [
+            '{"type":"response.done","event_id":"event_%d","response":{"id":"resp_CAbVxZ2wQ3kLm9NpRt7Yu","status":"completed","usage":{"input_tokens":812,"output_tokens":230}}}'
+        ],
+    }
+
+
+def session_messages(n: int, rng: random.Random, templates: dict[str, list[str]]) -> list[tuple[int, str]]:
+    """``n`` messages of a voice session, as (direction, text)."""
+    out: list[tuple[int, str]] = [
+        (
+            RECEIVED,
+            '{"type":"session.created","event_id":"event_0","session":{"id":"sess_bench","model":"gpt-realtime"}}',
+        )
+    ]
+    event = 1
+    while len(out) < n:
+        for _ in range(rng.randint(5, 15)):
+            out.append((SENT, rng.choice(templates["append"])))
+        out.append((SENT, '{"type":"response.create"}'))
+        out.append((RECEIVED, templates["created"][0] % event))
+        for k in range(rng.randint(20, 60)):
+            out.append((RECEIVED, rng.choice(templates["delta"]) % (event + k)))
+            if k % 3 == 0:
+                out.append((RECEIVED, rng.choice(templates["word"]) % (event + k)))
+        out.append((RECEIVED, templates["done"][0] % event))
+        event += 100
+    return out[:n]
+
+
+def write_session(root: Path, messages: list[tuple[int, str]], jsonl, rng: random.Random) -> None:
+    session_id = new_session_id()
+    recorder = SessionRecorder(
+        CaptureWriter(capture_path(root, session_id)),
+        session_id=session_id,
+        url="wss://api.openai.com/v1/realtime?model=gpt-realtime",
+        request_headers=[],
+        recorder="proxy",
+    )
+    recorder.start(0)
+    t = 0
+    for direction, text in messages:
+        t += rng.randint(1_000_000, 30_000_000)
+        seq = recorder.message(direction, text, t)
+        if jsonl is not None:
+            kind = text[9 : text.index('"', 9)] if text.startswith('{"type":"') else json.loads(text)["type"]
+            jsonl.write(
+                json.dumps(
+                    {
+                        "session_id": session_id,
+                        "seq": seq,
+                        "direction": "sent" if direction == SENT else "received",
+                        "type": kind,
+                        "data": text,
+                    }
+                )
+                + "\n"
+            )
+    recorder.end(t + 1000, closed_by="client", code=1000)
+
+
+def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MB) and stdout of a command run in a process of its own."""
+    runner = (
+        "import resource, subprocess, sys, time\n"
+        "start = time.perf_counter()\n"
+        "out = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "elapsed = time.perf_counter() - start\n"
+        "if out.returncode: sys.exit(out.stderr)\n"
+        "print(elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+        "print(out.stdout, end='')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", runner, *command], capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise SystemExit(f"benchmark step failed: {' '.join(command)}: {result.stderr.strip()}")
+    first, _, rest = result.stdout.partition("\n")
+    seconds, rss = first.split()
+    return float(seconds), float(rss), rest
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=1000, help="per session")
+    parser.add_argument("--keep", type=Path, help="build the corpus here and keep it")
+    args = parser.parse_args()
+    rng = random.Random(1)
+    templates = _templates(rng)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="rtcap-index-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    root, jsonl_path = work / "captures", work / "messages.jsonl"
+    rtcap = str(Path(sys.executable).parent / "rtcap")
+    env = {**os.environ, "RTCAP_MEMORY_LIMIT": MEMORY_LIMIT}
+    try:
+        print(
+            f"index benchmark: {args.sessions:,} sessions x {args.messages:,} messages, python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        )
+        start = time.perf_counter()
+        with open(jsonl_path, "w") as jsonl:
+            for _ in range(args.sessions):
+                write_session(root, session_messages(args.messages, rng, templates), jsonl, rng)
+        captures_mb = sum(p.stat().st_size for p in root.rglob("*.msgpack")) / 1e6
+        print(
+            f"corpus written in {time.perf_counter() - start:.0f} s: captures {captures_mb:,.0f} MB, JSON lines {jsonl_path.stat().st_size / 1e6:,.0f} MB"
+        )
+
+        baseline_sql = QUESTION.format(size="length(data)", source=f"read_json('{jsonl_path}')")
+        baseline = measure([sys.executable, "-c", f"import duckdb; print(duckdb.sql({baseline_sql!r}).fetchall())"])
+        query = [
+            rtcap,
+            "query",
+            QUESTION.format(size="bytes", source="events"),
+            "--captures",
+            str(root),
+            "--format",
+            "csv",
+        ]
+        first = measure(query, env)
+        again = measure(query, env)
+        write_session(root, session_messages(args.messages, rng, templates), None, rng)
+        update = measure(query, env)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    rows = sum(1 for line in first[2].splitlines()[1:] if line)
+    print(f"\n  {'step':<34} {'seconds':>8} {'peak RSS':>10}")
+    for name, (seconds, rss, _) in (
+        ("baseline: DuckDB read_json", baseline),
+        ("rtcap: first build + query", first),
+        ("rtcap: re-query, nothing changed", again),
+        ("rtcap: one session added + query", update),
+    ):
+        print(f"  {name:<34} {seconds:>8.2f} {rss:>8.0f} MB")
+    limit_mb = float(MEMORY_LIMIT.removesuffix("GB")) * 1024
+    checks = [
+        (
+            "first build no slower than baseline",
+            first[0] <= baseline[0],
+            f"{baseline[0] / first[0]:.2f}x the baseline's speed",
+        ),
+        ("re-query >= 10x faster than baseline", baseline[0] / again[0] >= 10, f"{baseline[0] / again[0]:.1f}x"),
+        ("update after one new session < 1 s", update[0] < 1, f"{update[0]:.2f} s"),
+        (
+            f"peak RSS within RTCAP_MEMORY_LIMIT={MEMORY_LIMIT}",
+            max(first[1], again[1], update[1]) <= limit_mb,
+            f"{max(first[1], again[1], update[1]):.0f} MB",
+        ),
+    ]
+    print(f"\n  answer rows: {rows}")
+    for name, ok, figure in checks:
+        print(f"  {name:<44} {figure:>28}  {'PASS' if ok else 'MISS'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -45,7 +45,10 @@ MEMORY_LIMIT = "2GB"
 
 def _templates(rng: random.Random) -> dict[str, list[str]]:
     audio = [base64.b64encode(rng.randbytes(4800)).decode() for _ in range(4)]
-    ids = '"response_id":"resp_CAbVxZ2wQ3kLm9NpRt7Yu","item_id":"item_CAbVxa8HsJ4dKf1GhP0Qe","output_index":0,"content_index":0'
+    ids = (
+        '"response_id":"resp_CAbVxZ2wQ3kLm9NpRt7Yu","item_id":"item_CAbVxa8HsJ4dKf1GhP0Qe",'
+        '"output_index":0,"content_index":0'
+    )
     words = ["Sure ", "the ", "weather ", "in ", "Lisbon ", "is ", "sunny ", "today. "]
     return {
         "append": [json.dumps({"type": "input_audio_buffer.append", "audio": a}) for a in audio],
@@ -157,16 +160,18 @@ def main() -> int:
     rtcap = str(Path(sys.executable).parent / "rtcap")
     env = {**os.environ, "RTCAP_MEMORY_LIMIT": MEMORY_LIMIT}
     try:
+        python = sys.version.split()[0]
         print(
-            f"index benchmark: {args.sessions:,} sessions x {args.messages:,} messages, python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+            f"index benchmark: {args.sessions:,} sessions x {args.messages:,} messages, python {python}, {os.cpu_count()} CPUs"
         )
         start = time.perf_counter()
         with open(jsonl_path, "w") as jsonl:
             for _ in range(args.sessions):
                 write_session(root, session_messages(args.messages, rng, templates), jsonl, rng)
         captures_mb = sum(p.stat().st_size for p in root.rglob("*.msgpack")) / 1e6
+        jsonl_mb = jsonl_path.stat().st_size / 1e6
         print(
-            f"corpus written in {time.perf_counter() - start:.0f} s: captures {captures_mb:,.0f} MB, JSON lines {jsonl_path.stat().st_size / 1e6:,.0f} MB"
+            f"corpus written in {time.perf_counter() - start:.0f} s: captures {captures_mb:,.0f} MB, JSON lines {jsonl_mb:,.0f} MB"
         )
 
         baseline_sql = QUESTION.format(size="length(data)", source=f"read_json('{jsonl_path}')")

@@ -160,19 +160,16 @@ def main() -> int:
     rtcap = str(Path(sys.executable).parent / "rtcap")
     env = {**os.environ, "RTCAP_MEMORY_LIMIT": MEMORY_LIMIT}
     try:
-        python = sys.version.split()[0]
-        print(
-            f"index benchmark: {args.sessions:,} sessions x {args.messages:,} messages, python {python}, {os.cpu_count()} CPUs"
-        )
+        size = f"{args.sessions:,} sessions x {args.messages:,} messages"
+        print(f"index benchmark: {size}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
         start = time.perf_counter()
         with open(jsonl_path, "w") as jsonl:
             for _ in range(args.sessions):
                 write_session(root, session_messages(args.messages, rng, templates), jsonl, rng)
         captures_mb = sum(p.stat().st_size for p in root.rglob("*.msgpack")) / 1e6
         jsonl_mb = jsonl_path.stat().st_size / 1e6
-        print(
-            f"corpus written in {time.perf_counter() - start:.0f} s: captures {captures_mb:,.0f} MB, JSON lines {jsonl_mb:,.0f} MB"
-        )
+        took = time.perf_counter() - start
+        print(f"corpus written in {took:.0f} s: captures {captures_mb:,.0f} MB, JSON lines {jsonl_mb:,.0f} MB")
 
         baseline_sql = QUESTION.format(size="length(data)", source=f"read_json('{jsonl_path}')")
         baseline = measure([sys.executable, "-c", f"import duckdb; print(duckdb.sql({baseline_sql!r}).fetchall())"])

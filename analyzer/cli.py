@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import os
@@ -229,6 +228,8 @@ def proxy(
       rtcap proxy --upstream wss://api.openai.com/v1 --label app=kiosk
       # then: AsyncOpenAI(websocket_base_url="ws://127.0.0.1:8765/v1")
     """
+    import asyncio
+
     from recorder.proxy import RecordingProxy, parse_listen, run_proxy
     from recorder.redact import Redactor
 
@@ -354,6 +355,8 @@ def simulate(
     Example:
       rtcap simulate --seed 7 --fault "fail p=0.04" --fault "fail sent=conversation.item.truncate p=0.8"
     """
+    import asyncio
+
     from analyzer.faults import RuleError, parse_rules
     from analyzer.simulator import Simulator, run_simulator
     from recorder.proxy import parse_listen

@@ -24,16 +24,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recorder.capture import CaptureError, Columns, make_private_dirs, read_columns
 
 from .locate import capture_files
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 BYTES_PER_MS = {"pcm16": 48, "audio/pcm": 48, "g711_ulaw": 8, "g711_alaw": 8, "audio/pcmu": 8, "audio/pcma": 8}
-PART_ROWS = 200_000  # messages per Parquet part: bounds memory for very long captures
+PART_ROWS = 200_000  # messages per Parquet segment written at once: bounds memory
+SMALL_SEGMENTS = 8  # more segments than this under PART_ROWS / 4 rows are merged into one
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -45,7 +45,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("ino", pa.int64()),
         ("stop", pa.int64()),
         ("mark", pa.binary()),
-        ("parts", pa.int32()),
+        ("segments", pa.list_(pa.string())),
         ("messages", pa.int64()),
         ("state", pa.string()),
         ("problems", pa.string()),
@@ -199,6 +199,8 @@ def _read_job(path: Path, start: int, base: dict[str, Any] | None) -> _Read | Ca
 def _tables(cols: Columns, session_id: str, started: dt.datetime | None, formats: list[str]) -> list[pa.Table]:
     """A capture's new messages as Arrow tables of at most ``PART_ROWS`` rows; ``formats``
     (input, output) is followed through ``session.*`` events and left as it ends."""
+    import pyarrow.compute as pc  # only when there is something to read: it is slow to import
+
     audio_ms: list[float | None] = []
     for payload, direction, audio in zip(cols.payload, cols.direction, cols.audio_bytes, strict=True):
         if payload is not None and '"session.' in payload[:64]:
@@ -260,6 +262,7 @@ class Index:
         self._db: Any = None  # a DuckDB connection for parsing payloads, opened when needed
         self._pending: list[tuple[Path, pa.Table]] = []
         self._pending_rows = 0
+        self._rows: list[dict[str, Any]] | None = None  # the manifest as the last update left it
 
     def manifest(self) -> dict[str, dict[str, Any]]:
         """The manifest's rows by file (relative to the root)."""
@@ -302,10 +305,12 @@ class Index:
             for rel, row in old.items():
                 if rel not in rows:
                     report.deleted.append(rel)
-                    self._drop_parts(row["key"])
+                    self._drop(row)
+            self._compact(rows.values())
             if rows != old:
                 self._write_manifest(list(rows.values()))
             self._sweep(rows.values())
+            self._rows = list(rows.values())
         return report
 
     def _sweep(self, rows: Any) -> None:
@@ -331,7 +336,7 @@ class Index:
         ):
             return path, rel, old["stop"], dict(old)
         if old is not None:
-            self._drop_parts(old["key"])
+            self._drop(old)
         return path, rel, 0, None
 
     def _apply(
@@ -378,7 +383,7 @@ class Index:
             "file": rel,
             "session_id": str(header.get("session_id") or path.stem),
             "key": rel.removesuffix(".msgpack").replace("/", "_"),
-            "parts": 0,
+            "segments": [],
             "messages": 0,
             "problems": None if header else "no header record",
             "started_at": _started_at(header),
@@ -397,34 +402,77 @@ class Index:
         }
 
     def _write_part(self, row: dict[str, Any], table: pa.Table) -> None:
-        """Queue a part; parts are parsed by DuckDB in batches, which costs far less per part."""
-        path = self.events_dir / f"{row['key']}.{row['parts']:05d}.parquet"
-        row["parts"] += 1
-        self._pending.append((path, table))
+        """Queue a capture's new messages; queued messages are parsed by DuckDB and written
+        as one segment file at a time, so a thousand captures make a few files, not a
+        thousand."""
+        key = pa.array([row["key"]] * table.num_rows, pa.string()).dictionary_encode()
+        self._pending.append((row, table.append_column("key", key)))
         self._pending_rows += table.num_rows
         if self._pending_rows >= PART_ROWS:
             self._flush()
 
     def _flush(self) -> None:
-        """Parse the queued parts' payloads in one DuckDB query and write each part."""
+        """Parse the queued messages' payloads in one DuckDB query and write one segment."""
         if not self._pending:
             return
-        import duckdb
-
         from .views import extract_fields
 
-        if self._db is None:
-            self._db = duckdb.connect()
-        merged = extract_fields(pa.concat_tables([table for _, table in self._pending]), self._db)
-        offset = 0
-        for path, table in self._pending:
-            _atomic_parquet(merged.slice(offset, table.num_rows), path)
-            offset += table.num_rows
+        merged = extract_fields(pa.concat_tables([table for _, table in self._pending]), self._duckdb())
+        name = f"seg-{time.time_ns():x}-{os.getpid()}.parquet"
+        _atomic_parquet(merged, self.events_dir / name)
+        for row, _ in self._pending:
+            if name not in row["segments"]:
+                row["segments"] = [*row["segments"], name]
         self._pending, self._pending_rows = [], 0
 
-    def _drop_parts(self, key: str) -> None:
-        for part in self.events_dir.glob(f"{key}.*.parquet"):
-            part.unlink(missing_ok=True)
+    def _duckdb(self) -> Any:
+        if self._db is None:
+            import duckdb
+
+            self._db = duckdb.connect()
+        return self._db
+
+    def _drop(self, row: dict[str, Any]) -> None:
+        """Remove a capture's messages from the segments that hold them."""
+        for name in row["segments"]:
+            path = self.events_dir / name
+            if not path.exists():
+                continue
+            source = f"read_parquet('{path}')"
+            left = (
+                self._duckdb().execute(f"SELECT count(*) FROM {source} WHERE key <> ?", [row["key"]]).fetchall()[0][0]
+            )
+            if left == 0:
+                path.unlink()
+                continue
+            tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+            query = f"COPY (SELECT * FROM {source} WHERE key <> ?) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)"
+            self._duckdb().execute(query, [row["key"]]).fetchall()
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        row["segments"] = []
+
+    def _compact(self, rows: Any) -> None:
+        """Merge small segments (left by many small updates) into one."""
+        rows = list(rows)
+        names = sorted({name for row in rows for name in row["segments"]})
+        small = [n for n in names if pq.ParquetFile(self.events_dir / n).metadata.num_rows < PART_ROWS // 4]
+        if len(small) <= SMALL_SEGMENTS:
+            return
+        name = f"seg-{time.time_ns():x}-{os.getpid()}.parquet"
+        tmp = self.events_dir / f".{name}.tmp"
+        sources = [str(self.events_dir / n) for n in small]
+        self._duckdb().execute(
+            f"COPY (SELECT * FROM read_parquet({sources!r})) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)"
+        )
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.events_dir / name)
+        merged = set(small)
+        for row in rows:
+            if merged & set(row["segments"]):
+                row["segments"] = [n for n in row["segments"] if n not in merged] + [name]
+        for n in small:
+            (self.events_dir / n).unlink(missing_ok=True)
 
     def _write_manifest(self, rows: list[dict[str, Any]]) -> None:
         table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
@@ -432,11 +480,11 @@ class Index:
         _atomic_parquet(table, self.manifest_path)
 
     def part_files(self) -> list[Path]:
-        """Every events part of the captures in the manifest, for DuckDB."""
-        return self._parts(self.manifest().values())
+        """Every segment of the captures in the manifest, for DuckDB."""
+        return self._parts(self._rows if self._rows is not None else self.manifest().values())
 
     def _parts(self, rows: Any) -> list[Path]:
-        return [self.events_dir / f"{row['key']}.{n:05d}.parquet" for row in rows for n in range(row["parts"])]
+        return [self.events_dir / name for name in sorted({n for row in rows for n in row["segments"]})]
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:

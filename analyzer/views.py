@@ -48,7 +48,7 @@ def extract_fields(table: pa.Table, con: duckdb.DuckDBPyConnection | None = None
                coalesce(j->>'item_id', j->'item'->>'id',
                         CASE WHEN direction = 'sent' THEN j->>'previous_item_id' END) AS item_id,
                bytes, audio_bytes, audio_ms, redacted,
-               CASE WHEN j IS NOT NULL THEN payload END AS payload
+               CASE WHEN j IS NOT NULL THEN payload END AS payload, key
         FROM parsed
         """
     ).to_arrow_table()
@@ -59,7 +59,7 @@ _EMPTY_EVENTS = """
            NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS direction, NULL::VARCHAR AS type,
            NULL::VARCHAR AS event_id, NULL::VARCHAR AS response_id, NULL::VARCHAR AS item_id,
            NULL::BIGINT AS bytes, NULL::BIGINT AS audio_bytes, NULL::DOUBLE AS audio_ms,
-           NULL::BOOLEAN AS redacted, NULL::VARCHAR AS payload
+           NULL::BOOLEAN AS redacted, NULL::VARCHAR AS payload, NULL::VARCHAR AS key
     WHERE false
 """
 

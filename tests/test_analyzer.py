@@ -395,3 +395,19 @@ def test_several_processes_may_index_at_once(tmp_path: Path) -> None:
     outputs = [run.communicate(timeout=60) for run in runs]
     assert [run.returncode for run in runs] == [0, 0, 0], outputs
     assert [out for out, _ in outputs] == ["n\n160\n"] * 3
+
+
+def test_small_updates_leave_few_files(tmp_path: Path) -> None:
+    from analyzer.index import SMALL_SEGMENTS
+
+    day = tmp_path / "captures" / "2026-11-25"
+    day.mkdir(parents=True)
+    index = Index(tmp_path / "captures")
+    for n in range(SMALL_SEGMENTS + 4):  # one capture per update: one small segment each
+        shutil.copy(GOLDEN, day / f"20261125T1200{n:02d}000000Z-goldenab.msgpack")
+        index.update()
+        assert len(index.part_files()) <= SMALL_SEGMENTS
+        assert sorted(p.name for p in index.events_dir.iterdir() if p.suffix == ".parquet") == [p.name for p in index.part_files()]
+    assert sql(tmp_path / "captures", "SELECT count(*) AS n, count(DISTINCT seq) AS seqs FROM events") == [
+        {"n": 8 * (SMALL_SEGMENTS + 4), "seqs": 8}
+    ]

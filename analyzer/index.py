@@ -1,11 +1,13 @@
 """The capture index: Parquet files under ``<captures>/.rtcap/`` that DuckDB queries.
 
 ``manifest.parquet`` has one row per capture file (its identity on disk, how far it was
-read, its header and end record); ``events/<session id>.<part>.parquet`` one row per
-message. Updating is incremental: a new capture is read, a grown one from where it was
-left, a changed one again, an unchanged one not at all, a deleted one dropped. Several
-processes may update at once: an exclusive lock on ``.rtcap/lock`` serialises them, and
-every file is replaced atomically, so a reader sees the old index or the new one.
+read, its header and end record, and the segments holding its messages); the segments,
+``events/seg-*.parquet``, one row per message, many captures to a file. Updating is
+incremental: a new capture is read, a grown one from where it was left, a changed one
+again, an unchanged one not at all, a deleted one dropped (its rows cut out of its
+segments). Several processes may update at once: an exclusive lock on ``.rtcap/lock``
+serialises them, and every file is replaced atomically, so a reader sees the old index or
+the new one.
 """
 
 from __future__ import annotations
@@ -122,8 +124,8 @@ def _dialect(header: dict[str, Any]) -> str:
     return "beta" if path.endswith("/openai/realtime") else "ga"
 
 
-def follow_formats(payload: str, direction: int, current: list[str]) -> None:
-    """Follow the session's audio formats through ``session.*`` events."""
+def follow_formats(payload: str, current: list[str]) -> None:
+    """Follow the session's audio formats (input, output) through ``session.*`` events."""
     try:
         event = json.loads(payload)
     except ValueError:
@@ -204,7 +206,7 @@ def _tables(cols: Columns, session_id: str, started: dt.datetime | None, formats
     audio_ms: list[float | None] = []
     for payload, direction, audio in zip(cols.payload, cols.direction, cols.audio_bytes, strict=True):
         if payload is not None and '"session.' in payload[:64]:
-            follow_formats(payload, direction, formats)
+            follow_formats(payload, formats)
         audio_ms.append(audio / BYTES_PER_MS[formats[direction]] if audio else None)
     base_us = int(started.timestamp() * 1_000_000) if started is not None else 0
     tables = []

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .faults import ClientEvent, Context, Rule
+from .g711 import DECODE, pcm16_samples
 
 SAMPLE_RATE = 24_000
 BYTES_PER_MS = {"pcm16": 48, "g711_ulaw": 8, "g711_alaw": 8}
@@ -105,32 +106,6 @@ class Response:
     input_tokens: int
     cancelled: str | None = None
     done: bool = False
-
-
-def _ulaw_table() -> np.ndarray:
-    codes = ~np.arange(256, dtype=np.uint8)
-    exponent = (codes >> 4) & 7
-    mantissa = codes.astype(np.int32) & 15
-    magnitude = ((mantissa << 3) + 0x84) << exponent
-    return np.where(codes & 0x80, 0x84 - magnitude, magnitude - 0x84).astype(np.int16)
-
-
-def _alaw_table() -> np.ndarray:
-    codes = np.arange(256, dtype=np.uint8) ^ 0x55
-    exponent = (codes >> 4) & 7
-    mantissa = codes.astype(np.int32) & 15
-    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
-    return np.where(codes & 0x80, magnitude, -magnitude).astype(np.int16)
-
-
-DECODE = {"g711_ulaw": _ulaw_table(), "g711_alaw": _alaw_table()}
-
-
-def pcm16_samples(audio: bytes, fmt: str) -> np.ndarray:
-    """Audio bytes as int16 samples, whatever the format."""
-    if fmt == "pcm16":
-        return np.frombuffer(audio[: len(audio) - len(audio) % 2], dtype="<i2")
-    return DECODE[fmt][np.frombuffer(audio, dtype=np.uint8)]
 
 
 def _tone(ms: int, fmt: str, seed: int) -> bytes:

@@ -407,7 +407,21 @@ def test_small_updates_leave_few_files(tmp_path: Path) -> None:
         shutil.copy(GOLDEN, day / f"20261125T1200{n:02d}000000Z-goldenab.msgpack")
         index.update()
         assert len(index.part_files()) <= SMALL_SEGMENTS
-        assert sorted(p.name for p in index.events_dir.iterdir() if p.suffix == ".parquet") == [p.name for p in index.part_files()]
+        assert sorted(p.name for p in index.events_dir.iterdir() if p.suffix == ".parquet") == [
+            p.name for p in index.part_files()
+        ]
     assert sql(tmp_path / "captures", "SELECT count(*) AS n, count(DISTINCT seq) AS seqs FROM events") == [
         {"n": 8 * (SMALL_SEGMENTS + 4), "seqs": 8}
     ]
+
+
+def test_g711_audio_exports_at_8_khz(corpus, tmp_path: Path) -> None:
+    from analyzer.g711 import ALAW, ULAW
+
+    assert (ULAW[0xFF], ULAW[0x7F], ALAW[0xD5], ALAW[0x55]) == (0, 0, 8, -8)  # silence codes
+    root, _ = corpus
+    last = capture_files(root)[-1]  # the beta session with G.711 output
+    assert run("export", str(last), "--audio", str(tmp_path), "--output", str(tmp_path / "x.jsonl")).exit_code == 0
+    out_bytes = sum(len(a) for m in read_capture(last).messages if m.direction == "received" for a in m.audio())
+    with wave.open(str(tmp_path / "output.wav")) as w:
+        assert (w.getframerate(), w.getnframes()) == (8_000, out_bytes)

@@ -81,6 +81,17 @@ def captures_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def listen_option(port: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--listen HOST:PORT`` for a server command, defaulting to 127.0.0.1 and ``port``."""
+    return click.option(
+        "--listen",
+        default=f"127.0.0.1:{port}",
+        show_default=True,
+        metavar="HOST:PORT",
+        help="Where to listen (port 0 picks a free one).",
+    )
+
+
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--format`` and ``--output`` for commands with tabular output."""
     command = click.option(
@@ -198,13 +209,7 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--upstream", required=True, metavar="URL", help="The realtime server to relay to, e.g. wss://api.openai.com/v1."
 )
-@click.option(
-    "--listen",
-    default="127.0.0.1:8765",
-    show_default=True,
-    metavar="HOST:PORT",
-    help="Where to listen (port 0 picks a free one).",
-)
+@listen_option(8765)
 @recording_options
 @captures_option
 def proxy(
@@ -298,13 +303,7 @@ def run(
 
 
 @cli.command()
-@click.option(
-    "--listen",
-    default="127.0.0.1:8766",
-    show_default=True,
-    metavar="HOST:PORT",
-    help="Where to listen (port 0 picks a free one).",
-)
+@listen_option(8766)
 @click.option("--fault", "faults", multiple=True, metavar="RULE", help="A fault rule (repeatable); see below.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random, per session.")
 @click.option(

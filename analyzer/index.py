@@ -429,9 +429,10 @@ class Index:
 
     def _duckdb(self) -> Any:
         if self._db is None:
-            import duckdb
 
-            self._db = duckdb.connect()
+            from .views import connect
+
+            self._db = connect()
         return self._db
 
     def _drop(self, row: dict[str, Any]) -> None:

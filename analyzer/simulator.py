@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from recorder.capture import RECEIVED, SENT
-from recorder.proxy import ws_url
+from recorder.serving import ServerThread, serve_until_stopped
 from recorder.session import SessionRecorder, new_session_id, now_ns, open_sink
 
 from .faults import Rule, parse_rules
@@ -280,57 +280,19 @@ async def run_simulator(
     stop: asyncio.Future[None] | None = None,
 ) -> None:
     """Serve until ``stop`` resolves (or SIGINT/SIGTERM); ``ready`` gets the first line."""
-    import signal
-
-    loop = asyncio.get_running_loop()
-    stop = stop or loop.create_future()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    async with simulator.serve(host, port) as server:
-        sockname = next(iter(server.sockets)).getsockname()
-        ready(f"rtcap simulate: {ws_url(sockname[0], sockname[1])}")
-        await stop
+    await serve_until_stopped(simulator.serve(host, port), lambda url: f"rtcap simulate: {url}", ready=ready, stop=stop)
 
 
-class RunningSimulator:
+class RunningSimulator(ServerThread):
     """A simulator serving on 127.0.0.1, port 0, in a thread of its own."""
 
     def __init__(self, simulator: Simulator) -> None:
         self.simulator = simulator
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Future[None] | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name="rtcap-simulator")
+        super().__init__(lambda ready, stop: run_simulator(simulator, "127.0.0.1", 0, ready=ready, stop=stop))
 
     @property
     def sessions(self) -> list[SessionLog]:
         return self.simulator.sessions
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._stop = asyncio.get_running_loop().create_future()
-            await run_simulator(self.simulator, "127.0.0.1", 0, ready=self._started, stop=self._stop)
-
-        self._loop.run_until_complete(main())
-
-    def _started(self, line: str) -> None:
-        self.url = line.split()[-1]
-        self._ready.set()
-
-    def start(self) -> RunningSimulator:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the simulator did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(
-                lambda: self._stop is not None and not self._stop.done() and self._stop.set_result(None)
-            )
-            self._thread.join(10)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ class QueryError(Exception):
 
 def extract_fields(table: pa.Table, con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
     """Add the event columns parsed from each JSON payload (in DuckDB, not per row in Python)."""
-    con = con or duckdb.connect()
+    con = con or connect()
     raw = table  # noqa: F841 - found by DuckDB's replacement scan below
     return con.sql(
         """
@@ -158,6 +158,14 @@ LEFT JOIN fails f USING (session_id);
 """.replace("{server}", SERVER_ERRORS)
 
 
+def connect() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection within ``RTCAP_MEMORY_LIMIT``, with no progress bar
+    (DuckDB would print it into the command's output)."""
+    con = duckdb.connect(config={"memory_limit": memory_limit()})
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def memory_limit() -> str:
     """DuckDB's memory limit: ``$RTCAP_MEMORY_LIMIT`` (e.g. ``2GB``), else 1GB."""
     return os.environ.get("RTCAP_MEMORY_LIMIT") or "1GB"
@@ -171,7 +179,7 @@ class Captures:
     ) -> None:
         self.index = Index(Path(root))
         self.report = self.index.update(progress) if update else UpdateReport()
-        self.con = duckdb.connect(config={"memory_limit": memory_limit()})
+        self.con = connect()
         parts = [str(p) for p in self.index.part_files()]
         if parts:
             self.con.execute(f"CREATE TEMP VIEW _events AS SELECT * FROM read_parquet({parts!r})")

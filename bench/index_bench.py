@@ -163,7 +163,7 @@ def _in_process(root: Path, jsonl: Path, baseline_sql: str, env: dict[str, str])
     )
     if result.returncode:
         raise SystemExit(f"in-process measurement failed: {result.stderr.strip()}")
-    baseline, requery = result.stdout.split()
+    baseline, requery = result.stdout.split()[-2:]
     return float(baseline), float(requery)
 
 

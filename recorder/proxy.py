@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,14 @@ from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
 
 from .capture import RECEIVED, SENT
 from .redact import Redactor
+from .serving import serve_until_stopped
 from .session import SessionRecorder, new_session_id, now_ns, open_sink, who_closed
 
 # Headers that belong to one hop of the connection, regenerated on each leg.
@@ -75,11 +75,6 @@ def parse_listen(listen: str, default_port: int) -> tuple[str, int]:
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"bad --listen {listen!r}: expected HOST:PORT")
     return host or "127.0.0.1", int(port)
-
-
-def ws_url(host: str, port: int) -> str:
-    """The ws:// URL a server listening on ``host:port`` is reached at."""
-    return f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
 
 
 @dataclass
@@ -272,18 +267,10 @@ async def run_proxy(
     stop: asyncio.Future[None] | None = None,
 ) -> None:
     """Serve until ``stop`` resolves or SIGINT/SIGTERM; ``ready`` gets the first line."""
-    loop = asyncio.get_running_loop()
-    stop = stop or loop.create_future()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    async with proxy.serve(host, port) as server:
-        bound = _bound_address(server)
-        line = f"rtcap proxy: {ws_url(*bound)} -> {proxy.redactor.redact_url(proxy.upstream)[0]}"
-        (ready or (lambda text: print(text, flush=True)))(line)
-        await stop
-
-
-def _bound_address(server: Server) -> tuple[str, int]:
-    sockname = next(iter(server.sockets)).getsockname()
-    return sockname[0], sockname[1]
+    upstream = proxy.redactor.redact_url(proxy.upstream)[0]
+    await serve_until_stopped(
+        proxy.serve(host, port),
+        lambda url: f"rtcap proxy: {url} -> {upstream}",
+        ready=ready or (lambda line: print(line, flush=True)),
+        stop=stop,
+    )

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ import pytest
 from analyzer.simulator import RunningSimulator, Simulator
 from recorder.proxy import RecordingProxy, run_proxy
 from recorder.redact import Redactor
+from recorder.serving import ServerThread
 
 PROXY_VARS = (
     "HTTPS_PROXY",
@@ -55,40 +54,20 @@ def simulator(start_simulator: Any) -> RunningSimulator:
     return start_simulator()
 
 
-class ProxyThread:
+class ProxyThread(ServerThread):
     """``rtcap proxy`` in a thread of its own, listening on port 0."""
 
     def __init__(self, proxy: RecordingProxy) -> None:
         self.proxy = proxy
-        self.lines: list[str] = []
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Future[None] | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.lines: list[str] = []  # the lines the proxy prints: sessions opened and closed
         proxy.log = self.lines.append
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._stop = asyncio.get_running_loop().create_future()
-            await run_proxy(self.proxy, "127.0.0.1", 0, ready=self._started, stop=self._stop)
-
-        self._loop.run_until_complete(main())
-
-    def _started(self, line: str) -> None:
-        self.lines.append(line)
-        self.url = line.split()[2]
-        self._ready.set()
+        super().__init__(lambda ready, stop: run_proxy(proxy, "127.0.0.1", 0, ready=ready, stop=stop))
 
     def __enter__(self) -> ProxyThread:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("proxy did not start")
-        return self
+        return self.start()
 
     def __exit__(self, *exc: Any) -> None:
-        self._loop.call_soon_threadsafe(lambda: self._stop and not self._stop.done() and self._stop.set_result(None))
-        self._thread.join(10)
+        self.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,78 @@
+"""Running a websockets server until told to stop: from a command (SIGINT/SIGTERM), or in
+a thread of its own (tests, and servers embedded in other programs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+def ws_url(host: str, port: int) -> str:
+    """The ws:// URL a server listening on ``host:port`` is reached at."""
+    return f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
+
+
+async def serve_until_stopped(
+    server: Any,
+    first_line: Callable[[str], str],
+    *,
+    ready: Callable[[str], None],
+    stop: asyncio.Future[None] | None = None,
+) -> None:
+    """Run ``server`` (a websockets server context) until ``stop`` resolves or SIGINT or
+    SIGTERM arrives. ``ready`` gets ``first_line(url)`` once it listens: the line a server
+    command prints first, with the real port."""
+    loop = asyncio.get_running_loop()
+    stop = stop or loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    async with server as running:
+        host, port = next(iter(running.sockets)).getsockname()[:2]
+        ready(first_line(ws_url(host, port)))
+        await stop
+
+
+class ServerThread:
+    """Runs ``main(ready, stop)`` (a coroutine like :func:`serve_until_stopped`) in a thread
+    with its own event loop; ``url`` is the first ws:// URL of its first line."""
+
+    def __init__(self, main: Callable[[Callable[[str], None], asyncio.Future[None]], Awaitable[None]]) -> None:
+        self.main = main
+        self.url = ""
+        self.first_line = ""
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Future[None] | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rtcap-server")
+
+    def _run(self) -> None:
+        async def run() -> None:
+            self._stop = asyncio.get_running_loop().create_future()
+            await self.main(self._started, self._stop)
+
+        self._loop.run_until_complete(run())
+
+    def _started(self, line: str) -> None:
+        self.first_line = line
+        self.url = next(word for word in line.split() if word.startswith("ws://"))
+        self._ready.set()
+
+    def start(self) -> ServerThread:
+        """Start serving; returns once the server listens."""
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the server did not start")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread to end."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(
+                lambda: self._stop is not None and not self._stop.done() and self._stop.set_result(None)
+            )
+            self._thread.join(10)

@@ -429,7 +429,6 @@ class Index:
 
     def _duckdb(self) -> Any:
         if self._db is None:
-
             from .views import connect
 
             self._db = connect()

@@ -463,6 +463,91 @@ def _labels_filter(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 @cli.command()
+@click.option(
+    "--failure",
+    default="server_error",
+    show_default=True,
+    metavar="KIND",
+    help="An error type or code, 'server' (the class) or 'any'.",
+)
+@click.option(
+    "--window-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10,
+    show_default=True,
+    help="How far back a window reaches in time.",
+)
+@click.option("--window-events", type=click.IntRange(min=1), default=50, show_default=True, help="...and in messages.")
+@click.option("--include-replays", is_flag=True, help="Also count simulator, serve and replay sessions.")
+@click.option("--strict", is_flag=True, help="Exit 1 when a feature is significant (for CI).")
+@output_options
+@captures_option
+def precursors(
+    failure: str,
+    window_seconds: float,
+    window_events: int,
+    include_replays: bool,
+    strict: bool,
+    fmt: str | None,
+    output: Path | None,
+    captures: Path,
+) -> None:
+    """Find what precedes failures: features of the messages before failing responses that
+    are rare before healthy ones, with a one-sided Fisher test, Holm-adjusted.
+
+    A failure's window ends just before its response.created (so nothing the failure
+    caused can look like a cause) and reaches back --window-seconds and --window-events.
+    Features: event types, adjacent pairs of types, scalar fields of client events, and
+    binned measures (audio chunk ms, events per second, session age, gap since the last
+    server message, conversation items, input tokens). Significant: p < 0.001.
+
+    \b
+    Example:
+      rtcap precursors --failure server_error --format json
+    """
+    from analyzer.precursors import analyse
+
+    opened = _open(captures)
+    document = analyse(
+        opened,
+        failure=failure,
+        window_seconds=window_seconds,
+        window_events=window_events,
+        include_replays=include_replays,
+    )
+    _emit_document(document, "features", fmt, output)
+    if strict and any(f["significant"] for f in document["features"]):
+        sys.exit(1)
+
+
+def _emit_document(document: dict[str, Any], rows_key: str, fmt: str | None, output: Path | None) -> None:
+    """A result document: the whole document as JSON, else its rows (after its summary)."""
+    import json
+
+    import pyarrow as pa
+
+    from analyzer.render import RenderError, output_format
+
+    try:
+        chosen = output_format(fmt, output)
+    except RenderError as e:
+        raise BadUsage(str(e)) from None
+    if chosen == "json":
+        text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text)
+            click.echo(f"wrote {len(document[rows_key])} rows to {output}", err=True)
+        return
+    rows = [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in row.items()} for row in document[rows_key]]
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"feature": pa.array([], pa.string())})
+    if chosen == "table" and output is None and document.get("summary"):
+        click.echo(document["summary"] + "\n")
+    _emit(table, chosen, output)
+
+
+@cli.command()
 @click.argument("session")
 @click.option("--around", type=int, metavar="SEQ", help="Show only the messages around this seq.")
 @click.option(

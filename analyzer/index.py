@@ -157,7 +157,10 @@ class _Read:
     end: dict[str, Any] | None
     problems: list[str]
     locked: bool
-    tables: list[pa.Table]
+    columns: Columns
+    audio_ms: list[float | None]
+    session_id: str
+    started: dt.datetime | None
     messages: int
     last_t_ns: int | None
     formats: list[str]
@@ -169,24 +172,30 @@ class _Read:
 
 
 def _read_job(path: Path, start: int, base: dict[str, Any] | None) -> _Read | CaptureError:
-    """Read a capture from ``start`` and turn its messages into Arrow tables (no DuckDB
-    here: this runs in worker processes)."""
+    """Read a capture from ``start``: its columns, and each message's audio duration in
+    the session's format as it was then. Pure Python (no Arrow, no DuckDB), because this
+    runs in forked worker processes."""
     try:
         stat = path.stat()
         cols = read_columns(path, start)
     except (CaptureError, OSError) as e:
         return e if isinstance(e, CaptureError) else CaptureError(f"cannot read {path}: {e}")
     header = cols.header if base is None else None
-    session_id = str((header or {}).get("session_id") or path.stem) if base is None else base["session_id"]
-    started = _started_at(header) if base is None else base["started_at"]
     formats = ["pcm16", "pcm16"] if base is None else [base["format_in"], base["format_out"]]
-    tables = _tables(cols, session_id, started, formats)
+    audio_ms: list[float | None] = []
+    for payload, direction, audio in zip(cols.payload, cols.direction, cols.audio_bytes, strict=True):
+        if payload is not None and '"session.' in payload[:64]:
+            follow_formats(payload, formats)
+        audio_ms.append(audio / BYTES_PER_MS[formats[direction]] if audio else None)
     return _Read(
         header=header,
         end=cols.end,
         problems=cols.problems,
         locked=cols.locked,
-        tables=tables,
+        columns=cols,
+        audio_ms=audio_ms,
+        session_id=str((header or {}).get("session_id") or path.stem) if base is None else base["session_id"],
+        started=_started_at(header) if base is None else base["started_at"],
         messages=len(cols.seq),
         last_t_ns=cols.t_ns[-1] if cols.t_ns else None,
         formats=formats,
@@ -198,17 +207,12 @@ def _read_job(path: Path, start: int, base: dict[str, Any] | None) -> _Read | Ca
     )
 
 
-def _tables(cols: Columns, session_id: str, started: dt.datetime | None, formats: list[str]) -> list[pa.Table]:
-    """A capture's new messages as Arrow tables of at most ``PART_ROWS`` rows; ``formats``
-    (input, output) is followed through ``session.*`` events and left as it ends."""
+def _tables(read: _Read) -> list[pa.Table]:
+    """A capture's new messages as Arrow tables of at most ``PART_ROWS`` rows."""
     import pyarrow.compute as pc  # only when there is something to read: it is slow to import
 
-    audio_ms: list[float | None] = []
-    for payload, direction, audio in zip(cols.payload, cols.direction, cols.audio_bytes, strict=True):
-        if payload is not None and '"session.' in payload[:64]:
-            follow_formats(payload, formats)
-        audio_ms.append(audio / BYTES_PER_MS[formats[direction]] if audio else None)
-    base_us = int(started.timestamp() * 1_000_000) if started is not None else 0
+    cols = read.columns
+    base_us = int(read.started.timestamp() * 1_000_000) if read.started is not None else 0
     tables = []
     for lo in range(0, len(cols.seq), PART_ROWS):
         hi = lo + PART_ROWS
@@ -216,7 +220,7 @@ def _tables(cols: Columns, session_id: str, started: dt.datetime | None, formats
         tables.append(
             pa.table(
                 {
-                    "session_id": pa.array([session_id] * len(t_ns), pa.string()).dictionary_encode(),
+                    "session_id": pa.array([read.session_id] * len(t_ns), pa.string()).dictionary_encode(),
                     "seq": pa.array(cols.seq[lo:hi], pa.int64()),
                     "t_ns": t_ns,
                     "ts": pc.add(pc.divide(t_ns, 1000), base_us).cast(pa.timestamp("us", tz="UTC")),
@@ -226,7 +230,7 @@ def _tables(cols: Columns, session_id: str, started: dt.datetime | None, formats
                     "is_text": pa.array(cols.text[lo:hi], pa.bool_()),
                     "bytes": pa.array(cols.wire_bytes[lo:hi], pa.int64()),
                     "audio_bytes": pa.array(cols.audio_bytes[lo:hi], pa.int64()),
-                    "audio_ms": pa.array(audio_ms[lo:hi], pa.float64()),
+                    "audio_ms": pa.array(read.audio_ms[lo:hi], pa.float64()),
                     "redacted": pa.array(cols.redacted[lo:hi], pa.bool_()),
                     "payload": pa.array(cols.payload[lo:hi], pa.string()),
                 }
@@ -245,9 +249,10 @@ def _read_all(jobs: list[tuple[Path, str, int, dict[str, Any] | None]]) -> Itera
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    # forkserver: workers start from a clean single-threaded process, never from a fork
-    # of this one, whose DuckDB and Arrow threads could hold locks at the moment of fork.
-    context = multiprocessing.get_context("forkserver")
+    # fork, not spawn or forkserver: those run the caller's main module again, which a
+    # plain script using the Python API does not expect. The workers run only pure Python
+    # (see _read_job), so the parent's DuckDB and Arrow threads do not matter to them.
+    context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         paths, starts, bases = zip(*[(path, start, base) for path, _, start, base in jobs], strict=True)
         yield from pool.map(_read_job, paths, starts, bases, chunksize=4)
@@ -358,7 +363,7 @@ class Index:
             report.unchanged.append(rel)
         else:
             report.grown.append(rel)
-        for table in read.tables:
+        for table in _tables(read):
             self._write_part(row, table)
         if read.messages:
             row["messages"] += read.messages

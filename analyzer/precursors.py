@@ -1,0 +1,350 @@
+"""``rtcap precursors``: what comes before failures and not before healthy responses.
+
+A failure's window ends just before its response's ``response.created`` (so it holds the
+client messages that led to the response but nothing the failure itself caused), or at the
+failure when it belongs to no response, and reaches back ``window_seconds`` and
+``window_events``. Controls are the same windows before responses that completed. Each
+window gets a set of features; a one-sided Fisher exact test per feature, Holm-adjusted
+over all features tested, says which are more common before failures than chance allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .views import Captures
+
+SIGNIFICANT = 0.001
+EXCLUDED_RECORDERS = ("simulator", "serve", "replay")
+THRESHOLDS = {
+    "audio_chunk_ms": (200, 500, 1000),
+    "events_per_second": (10, 20, 50),
+    "session_age_s": (60, 300, 900, 1800),
+    "gap_since_server_s": (1, 5, 10),
+    "conversation_items": (10, 25, 50),
+    "input_tokens": (2000, 8000, 14000),
+}
+KIND_ORDER = {"event": 0, "field": 1, "numeric": 2, "sequence": 3}
+MAX_FIELD_VALUES = 12
+IGNORED_KEYS = ("event_id", "item_id", "response_id", "call_id", "previous_item_id", "id", "audio", "delta")
+
+
+@dataclasses.dataclass
+class Window:
+    """The messages before one response (a failure's or a control's)."""
+
+    id: int
+    session_id: str
+    failed: bool
+    features: set[str] = dataclasses.field(default_factory=set)
+
+
+def _failure_filter(kind: str) -> tuple[str, list[Any]]:
+    if kind == "any":
+        return "true", []
+    if kind == "server":
+        return "f.class = 'server'", []
+    return "(f.error_type = ? OR f.code = ?)", [kind, kind]
+
+
+def windows(captures: Captures, failure: str, seconds: float, events: int, include_replays: bool) -> list[Window]:
+    """Failure and control windows with their features."""
+    where, params = _failure_filter(failure)
+    recorders = "true" if include_replays else f"coalesce(s.recorder, '') NOT IN {EXCLUDED_RECORDERS!r}"
+    con = captures.con
+    con.execute("DROP TABLE IF EXISTS _windows")
+    con.execute(
+        f"""
+        CREATE TEMP TABLE _windows AS
+        WITH chosen AS (
+            SELECT f.session_id, coalesce(r.created_seq, f.seq) AS end_seq, coalesce(r.created_t_s, f.t_s) AS end_t
+            FROM failures f JOIN sessions s USING (session_id)
+            LEFT JOIN responses r ON r.session_id = f.session_id AND r.response_id = f.response_id
+            WHERE {where} AND {recorders}
+        ), failed AS (
+            SELECT DISTINCT session_id, end_seq, end_t, true AS failed FROM chosen WHERE end_seq IS NOT NULL
+        ), controls AS (
+            SELECT r.session_id, r.created_seq AS end_seq, r.created_t_s AS end_t, false AS failed
+            FROM responses r JOIN sessions s USING (session_id)
+            WHERE r.status = 'completed' AND r.created_seq IS NOT NULL AND {recorders}
+              AND NOT EXISTS (
+                  SELECT 1 FROM chosen c WHERE c.session_id = r.session_id
+                     AND c.end_seq IS NOT NULL AND c.end_seq = r.created_seq)
+        )
+        SELECT row_number() OVER (ORDER BY session_id, end_seq) - 1 AS id, *
+        FROM (SELECT * FROM failed UNION ALL SELECT * FROM controls)
+        """,
+        params,
+    ).fetchall()
+    rows = con.execute(
+        """
+        SELECT w.id, w.session_id, w.failed, w.end_seq, w.end_t, e.seq, e.t_s, e.type, e.direction, e.audio_ms,
+               CASE WHEN e.direction = 'sent' THEN e.payload::VARCHAR END AS payload
+        FROM _windows w JOIN events e
+          ON e.session_id = w.session_id AND e.seq < w.end_seq AND e.seq >= w.end_seq - ? AND e.t_s >= w.end_t - ?
+        ORDER BY w.id, e.seq
+        """,
+        [events, seconds],
+    ).fetchall()
+    context = con.execute(
+        """
+        WITH items AS (
+            SELECT session_id, seq,
+                   count(*) FILTER (WHERE type IN ('conversation.item.added', 'conversation.item.created'))
+                       OVER (PARTITION BY session_id ORDER BY seq) AS items
+            FROM events
+        ), done AS (
+            SELECT session_id, done_seq, input_tokens FROM responses WHERE status = 'completed' AND done_seq IS NOT NULL
+        )
+        SELECT w.id, w.session_id, w.failed, w.end_t,
+               (SELECT max(i.items) FROM items i WHERE i.session_id = w.session_id AND i.seq < w.end_seq) AS items,
+               d.input_tokens
+        FROM _windows w ASOF LEFT JOIN done d ON d.session_id = w.session_id AND w.end_seq > d.done_seq
+        ORDER BY w.id
+        """
+    ).fetchall()
+    out = [Window(row[0], row[1], row[2]) for row in context]
+    for window, (_, _, _, end_t, items, tokens) in zip(out, context, strict=True):
+        window.features |= _numeric("session_age_s", end_t)
+        window.features |= _numeric("conversation_items", items or 0)
+        if tokens is not None:
+            window.features |= _numeric("input_tokens", tokens)
+    by_window: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+    for row in rows:
+        by_window[row[0]].append(row)
+    fields: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for window in out:
+        _window_features(window, by_window.get(window.id, []), fields)
+    for name, values in fields.items():
+        if len(values) <= MAX_FIELD_VALUES:
+            for value, ids in values.items():
+                for window_id in ids:
+                    out[window_id].features.add(f"{name}={value}")
+    return out
+
+
+def _numeric(name: str, value: float) -> set[str]:
+    return {f"{name}>={limit}" for limit in THRESHOLDS[name] if value >= limit}
+
+
+def _window_features(window: Window, rows: list[tuple[Any, ...]], fields: dict[str, dict[str, set[int]]]) -> None:
+    tokens: list[str | set[str]] = []  # event types, a run of deltas as one set of types
+    client_times: list[float] = []
+    last_server_t = None
+    end_t = None
+    largest_chunk = 0.0
+    for _, _, _, _, w_end_t, _, t_s, kind, direction, audio_ms, payload in rows:
+        end_t = w_end_t
+        name = kind or "(non-json)"
+        window.features.add(name)
+        if name.endswith(".delta") and tokens and isinstance(tokens[-1], set):
+            tokens[-1].add(name)
+        else:
+            tokens.append({name} if name.endswith(".delta") else name)
+        if direction == "sent":
+            client_times.append(t_s)
+            if audio_ms:
+                largest_chunk = max(largest_chunk, audio_ms)
+            if payload:
+                _fields(window.id, name, payload, fields)
+        else:
+            last_server_t = t_s
+    names = [t if isinstance(t, str) else "+".join(sorted(t)) for t in tokens]
+    for first, second in zip(names, names[1:], strict=False):
+        window.features.add(f"{first} -> {second}")
+    window.features |= _numeric("audio_chunk_ms", largest_chunk)
+    window.features |= _numeric("events_per_second", _busiest_second(client_times))
+    if end_t is not None:
+        gap = end_t - last_server_t if last_server_t is not None else THRESHOLDS["gap_since_server_s"][-1]
+        window.features |= _numeric("gap_since_server_s", gap)
+
+
+def _busiest_second(times: list[float]) -> int:
+    best = start = 0
+    for end in range(len(times)):
+        while times[end] - times[start] > 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def _fields(window_id: int, kind: str, payload: str, fields: dict[str, dict[str, set[int]]]) -> None:
+    """Record the scalar leaves of a client event's JSON (``type:path``) for this window."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return
+    for path, value in _leaves(event, ""):
+        if path == "type":
+            continue
+        fields[f"{kind}:{path}"][value].add(window_id)
+
+
+def _leaves(value: Any, prefix: str) -> Iterable[tuple[str, str]]:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if key in IGNORED_KEYS or key.endswith("_id"):
+                continue
+            yield from _leaves(child, f"{prefix}.{key}" if prefix else key)
+    elif isinstance(value, list):
+        return
+    elif isinstance(value, bool):
+        yield prefix, "true" if value else "false"
+    elif isinstance(value, (int, float, str)) and value is not None:
+        text = str(value)
+        if len(text) <= 64:
+            yield prefix, text
+
+
+def _kind(name: str) -> str:
+    if " -> " in name:
+        return "sequence"
+    if ">=" in name and name.split(">=")[0] in THRESHOLDS:
+        return "numeric"
+    if ":" in name and "=" in name:
+        return "field"
+    return "event"
+
+
+def fisher_greater(a: np.ndarray, failures: int, controls: int, with_feature: np.ndarray) -> np.ndarray:
+    """One-sided Fisher exact p: the chance of at least ``a`` of the ``failures`` windows
+    having a feature that ``with_feature`` windows of all have, if it were unrelated."""
+    total = failures + controls
+    lg = np.array([math.lgamma(i + 1) for i in range(total + 1)])
+
+    def log_choose(n: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return lg[n] - lg[k] - lg[n - k]
+
+    p = np.zeros(len(a))
+    for i, (hits, k) in enumerate(zip(a, with_feature, strict=True)):
+        top = min(k, failures)
+        ks = np.arange(hits, top + 1)
+        if ks.size == 0:
+            p[i] = 0.0
+            continue
+        terms = (
+            log_choose(np.full_like(ks, k), ks)
+            + log_choose(np.full_like(ks, total - k), failures - ks)
+            - log_choose(np.array(total), np.array(failures))
+        )
+        p[i] = min(1.0, float(np.exp(terms).sum()))
+    return p
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values, in the input's order."""
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def analyse(
+    captures: Captures,
+    *,
+    failure: str = "server_error",
+    window_seconds: float = 10,
+    window_events: int = 50,
+    include_replays: bool = False,
+) -> dict[str, Any]:
+    """The precursor document SPEC describes (see ``rtcap precursors --help``)."""
+    found = windows(captures, failure, window_seconds, window_events, include_replays)
+    failed = [w for w in found if w.failed]
+    controls = [w for w in found if not w.failed]
+    n_fail, n_ctrl = len(failed), len(controls)
+    members: dict[str, set[int]] = defaultdict(set)
+    for window in found:
+        for feature in window.features:
+            members[feature].add(window.id)
+    failed_ids = {w.id for w in failed}
+    names = sorted(n for n, ids in members.items() if ids & failed_ids)
+    a = np.array([len(members[n] & failed_ids) for n in names], dtype=int)
+    k = np.array([len(members[n]) for n in names], dtype=int)
+    c = k - a
+    p_raw = fisher_greater(a, n_fail, n_ctrl, k) if names else np.zeros(0)
+    p_adj = holm(p_raw) if names else np.zeros(0)
+    session_of = {w.id: w.session_id for w in found}
+    rows = []
+    for i, name in enumerate(names):
+        lift = (a[i] / n_fail) / ((c[i] + 0.5) / (n_ctrl + 0.5)) if n_fail else 0.0
+        examples = sorted({session_of[w] for w in members[name] & failed_ids})[:3]
+        rows.append(
+            {
+                "feature": name,
+                "kind": _kind(name),
+                "failures_with": int(a[i]),
+                "controls_with": int(c[i]),
+                "failure_rate": float(a[i] / k[i]) if k[i] else 0.0,
+                "lift": float(lift),
+                "p_value": float(p_adj[i]),
+                "p_raw": float(p_raw[i]),
+                "significant": bool(p_adj[i] < SIGNIFICANT),
+                "merged": [],
+                "examples": examples,
+            }
+        )
+    rows = _merge(rows, members)
+    rows.sort(key=lambda r: (r["p_value"], -r["lift"], KIND_ORDER[r["kind"]], len(r["feature"])))
+    window = {
+        "seconds": window_seconds,
+        "events": window_events,
+        "failure": failure,
+        "include_replays": include_replays,
+    }
+    return {
+        "failures": n_fail,
+        "controls": n_ctrl,
+        "window": window,
+        "summary": summary(failure, rows, n_fail, n_ctrl),
+        "features": rows,
+    }
+
+
+def _merge(rows: list[dict[str, Any]], members: dict[str, set[int]]) -> list[dict[str, Any]]:
+    """Fold features that hold in (nearly) the same windows into the simplest of them."""
+    simplest_first = sorted(rows, key=lambda r: (KIND_ORDER[r["kind"]], len(r["feature"]), r["feature"]))
+    kept: list[dict[str, Any]] = []
+    for row in simplest_first:
+        ids = members[row["feature"]]
+        for rep in kept:
+            other = members[rep["feature"]]
+            union = len(ids | other)
+            if union and len(ids ^ other) <= 0.02 * union:
+                rep["merged"].append(row["feature"])
+                break
+        else:
+            kept.append(row)
+    return kept
+
+
+def _p(p: float) -> str:
+    return "p < 1e-9" if p < 1e-9 else f"p = {p:.1g}"
+
+
+def summary(failure: str, rows: list[dict[str, Any]], failures: int, controls: int) -> str:
+    """One plain-English sentence from the numbers."""
+    label = {"any": "a failure", "server": "a server-class failure"}.get(failure, failure)
+    if failures == 0:
+        return f"No {label} in these captures ({controls} healthy responses)."
+    top = rows[0] if rows else None
+    if top is None or not top["significant"]:
+        return (
+            f"Nothing stands out: no feature is significantly more common before the {failures} "
+            f"failures ({label}) than before the {controls} healthy responses."
+        )
+    healthy = top["controls_with"] / controls if controls else 0.0
+    return (
+        f"{label} followed {top['feature']} in {top['failures_with']} of {failures} failures, "
+        f"against {healthy:.0%} of healthy responses; {_p(top['p_value'])}."
+    )

@@ -520,6 +520,78 @@ def precursors(
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("session", required=False)
+@click.option("--include-replays", is_flag=True, help="Also check simulator, serve and replay sessions.")
+@click.option("--strict", is_flag=True, help="Exit 1 when a check fails (for CI).")
+@output_options
+@captures_option
+def doctor(
+    session: str | None, include_replays: bool, strict: bool, fmt: str | None, output: Path | None, captures: Path
+) -> None:
+    """Run the realtime troubleshooting checklist on a session (or on every session).
+
+    Checks: audio format, chunk size (20-200 ms), base64, bursts (<= 1.5x real time,
+    <= 50 events/s), prompt size (< 8k input tokens), session age (< 80% of expires_at),
+    rate limits (> 10% left), retries (no response.create within 1 s of a failure) and
+    reconnects (none within 5 s of an abnormal close). Each row has evidence (values,
+    seq numbers) and advice. Failing checks are findings: exit 0 unless --strict.
+
+    \b
+    Example:
+      rtcap doctor 20261126T0016015
+    """
+    import pyarrow as pa
+
+    from analyzer.doctor import diagnose
+    from recorder.capture import CaptureError, read_capture
+
+    session_id = None
+    if session is not None:
+        try:
+            session_id = read_capture(_find(captures, session)).session_id
+        except CaptureError as e:
+            raise Failure(str(e)) from None
+    rows = diagnose(_open(captures), session_id, include_replays=include_replays)
+    columns = ["session_id", "check", "status", "evidence", "advice"]
+    _emit(
+        pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in columns}), fmt, output
+    )
+    if strict and any(row["status"] == "fail" for row in rows):
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("session")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .zip to write."
+)
+@captures_option
+def report(session: str, output: Path, captures: Path) -> None:
+    """Write a support bundle for SESSION to hand to the API vendor.
+
+    The zip holds the redacted capture and its export, the server session id and
+    timestamps, the failure with the messages around it, doctor's checks and a README
+    saying what happened in plain English.
+
+    \b
+    Example:
+      rtcap report 20261126T0016015 --output server-error.zip
+    """
+    from analyzer.report import build
+
+    if output.suffix.lower() != ".zip":
+        raise BadUsage(f"--output {output}: the bundle is a .zip file")
+    path = _find(captures, session)
+    try:
+        made = build(_open(captures), path, output)
+    except OSError as e:
+        raise Failure(f"cannot write {output}: {e.strerror or e}") from None
+    failure = made["failure"]
+    said = f"{failure['error_type']} at seq {failure['seq']}" if failure else "no failure"
+    click.echo(f"wrote {output} for session {made['session_id']} ({said})", err=True)
+
+
 def _emit_document(document: dict[str, Any], rows_key: str, fmt: str | None, output: Path | None) -> None:
     """A result document: the whole document as JSON, else its rows (after its summary)."""
     import json

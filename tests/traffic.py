@@ -43,7 +43,9 @@ async def _session(url: str, rng: random.Random) -> None:
         await ws.send(json.dumps({"type": "session.update", "session": update}))
         for _ in range(rng.randint(3, 6)):
             for _ in range(rng.randint(2, 4)):
-                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": tone(rng.choice([100, 150, 200, 300]))}))
+                await ws.send(
+                    json.dumps({"type": "input_audio_buffer.append", "audio": tone(rng.choice([100, 150, 200, 300]))})
+                )
             if rng.random() < 0.2:
                 await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": tone(600)}))
             if rng.random() < 0.2:
@@ -53,7 +55,10 @@ async def _session(url: str, rng: random.Random) -> None:
                 await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
                 await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": tone(200)}))
             await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
-            options = {"tool_choice": rng.choice(["auto", "none", "required"]), "metadata": {"topic": rng.choice(TOPICS)}}
+            options = {
+                "tool_choice": rng.choice(["auto", "none", "required"]),
+                "metadata": {"topic": rng.choice(TOPICS)},
+            }
             await ws.send(json.dumps({"type": "response.create", "response": options}))
             try:
                 while True:
@@ -79,7 +84,9 @@ def record(root: Path, faults: list[str], *, sessions: int = 60, seed: int = 0, 
     simulator failing by ``faults`` (fast: the simulator runs at speed 1000)."""
     simulator = RunningSimulator(Simulator(faults, speed=1000, seed=seed)).start()
     proxy = RecordingProxy(simulator.url, root, labels={"corpus": "precursors"}, log=lambda line: None)
-    relay = ServerThread(lambda ready, stop: serve_until_stopped(proxy.serve("127.0.0.1", 0), lambda u: u, ready=ready, stop=stop))
+    relay = ServerThread(
+        lambda ready, stop: serve_until_stopped(proxy.serve("127.0.0.1", 0), lambda u: u, ready=ready, stop=stop)
+    )
     relay.start()
     try:
         asyncio.run(_drive(relay.url + "/v1/realtime?model=gpt-realtime", sessions, seed, parallel))

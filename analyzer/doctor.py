@@ -1,0 +1,294 @@
+"""``rtcap doctor``: the realtime troubleshooting checklist, run on recorded sessions.
+
+Each check gives ``pass``, ``warn`` or ``fail`` per session, with evidence (values and seq
+numbers) and advice; thresholds are SPEC's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import defaultdict
+from typing import Any
+
+from .precursors import EXCLUDED_RECORDERS
+from .views import Captures
+
+MAX_APPEND_BYTES = 15 * 1024 * 1024
+ADVICE = {
+    "audio format": (
+        "Send audio in the format the session declares (session.update), and confirm it in session.updated; "
+        "PCM16 chunks must hold whole 16-bit samples."
+    ),
+    "chunk size": (
+        "Send audio in chunks of 20-200 ms (the SDK example uses 20 ms, Azure advises about 100 ms); "
+        "never more than 15 MiB."
+    ),
+    "base64": "Encode audio with standard base64 (RFC 4648, with padding), one chunk per append.",
+    "bursts": "Pace audio at about real time (at most 1.5x over any second) and keep under 50 client events a second.",
+    "prompt size": "Keep input tokens under 8k (instructions, tools and conversation); trim or summarise old items.",
+    "session age": "Start a new session before the old one reaches its maximum duration (expires_at).",
+    "rate limits": "Slow down or spread load before the remaining rate limit reaches zero.",
+    "retries": "Retry a failed response with exponential backoff, not at once.",
+    "reconnects": "Reconnect with backoff after an abnormal close, and find out why it closed.",
+}
+FORMAT_BYTES = {"pcm16": 2, "audio/pcm": 2}
+
+
+def _row(session: str, check: str, status: str, evidence: str) -> dict[str, str]:
+    return {
+        "session_id": session,
+        "check": check,
+        "status": status,
+        "evidence": evidence,
+        "advice": "" if status == "pass" else ADVICE[check],
+    }
+
+
+def diagnose(captures: Captures, session_id: str | None = None, include_replays: bool = False) -> list[dict[str, str]]:
+    """Checklist rows for one session, or for every session when ``session_id`` is None."""
+    con = captures.con
+    where = "true" if include_replays or session_id else f"coalesce(recorder, '') NOT IN {EXCLUDED_RECORDERS!r}"
+    params: list[Any] = []
+    if session_id:
+        where += " AND session_id = ?"
+        params.append(session_id)
+    sessions = con.execute(
+        "SELECT session_id, started_at, ended_at, expires_at, labels, close_code, state "
+        f"FROM sessions WHERE {where} ORDER BY started_at",
+        params,
+    ).fetchall()
+    ids = [s[0] for s in sessions]
+    if not ids:
+        return []
+    con.execute("DROP TABLE IF EXISTS _doctor_sessions")
+    con.execute("CREATE TEMP TABLE _doctor_sessions AS SELECT unnest(?::VARCHAR[]) AS session_id", [ids])
+    events = defaultdict(list)
+    for row in con.execute(
+        """
+        SELECT e.session_id, e.seq, e.t_ns / 1e9, e.audio_bytes, e.direction, e.type, e.bytes, e.audio_ms,
+               CASE WHEN e.type LIKE 'session.%' OR e.type IN ('rate_limits.updated', 'error')
+                         OR (e.type = 'input_audio_buffer.append' AND e.audio_ms IS NULL)
+                    THEN e.payload END AS payload
+        FROM _events e JOIN _doctor_sessions USING (session_id)
+        WHERE e.direction = 'sent' OR e.type IN ('session.created', 'session.updated', 'rate_limits.updated', 'error')
+        ORDER BY e.session_id, e.seq
+        """
+    ).fetchall():
+        events[row[0]].append(row[1:])
+    tokens = dict(
+        con.execute(
+            "SELECT session_id, max(input_tokens) FROM responses JOIN _doctor_sessions USING (session_id) GROUP BY ALL"
+        ).fetchall()
+    )
+    failures = defaultdict(list)
+    for sid, seq, t_s in con.execute(
+        "SELECT session_id, seq, t_s FROM failures JOIN _doctor_sessions USING (session_id) ORDER BY t_s"
+    ).fetchall():
+        failures[sid].append((seq, t_s))
+    out: list[dict[str, str]] = []
+    for sid, started, ended, expires, *_ in sessions:
+        rows = events[sid]
+        out += [
+            _audio_format(sid, rows),
+            _chunk_size(sid, rows),
+            _base64(sid, rows),
+            _bursts(sid, rows),
+            _prompt(sid, tokens.get(sid)),
+            _age(sid, started, ended, expires, rows),
+            _rate_limits(sid, rows),
+            _retries(sid, rows, failures[sid]),
+        ]
+    out += _reconnects(sessions)
+    return out
+
+
+def _formats(payload: str | None) -> tuple[str | None, str | None]:
+    try:
+        session = json.loads(payload or "{}").get("session") or {}
+    except (ValueError, AttributeError):
+        return None, None
+    audio = session.get("audio") if isinstance(session.get("audio"), dict) else {}
+    found = []
+    for side, key in (("input", "input_audio_format"), ("output", "output_audio_format")):
+        ga = ((audio.get(side) or {}).get("format") or {}) if isinstance(audio, dict) else {}
+        found.append(session.get(key) or (ga.get("type") if isinstance(ga, dict) else None))
+    return found[0], found[1]
+
+
+def _audio_format(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
+    declared: list[str | None] = [None, None]
+    confirmed: list[str | None] = [None, None]
+    declared_seq = None
+    for seq, _, _, _, kind, _, _, payload in rows:
+        if kind == "session.update":
+            for i, fmt in enumerate(_formats(payload)):
+                if fmt:
+                    declared[i], declared_seq = fmt, seq
+        elif kind in ("session.updated", "session.created"):
+            for i, fmt in enumerate(_formats(payload)):
+                if fmt:
+                    confirmed[i] = fmt
+    for side, (want, got) in enumerate(zip(declared, confirmed, strict=True)):
+        if want and got and want != got:
+            name = "input" if side == 0 else "output"
+            return _row(
+                sid,
+                "audio format",
+                "fail",
+                f"{name} format declared {want} (seq {declared_seq}) but the session says {got}",
+            )
+    input_format = confirmed[0] or declared[0] or "pcm16"
+    odd = [
+        seq
+        for seq, _, audio_bytes, _, kind, _, _, _ in rows
+        if kind == "input_audio_buffer.append" and input_format in FORMAT_BYTES and audio_bytes % 2
+    ]
+    if odd:
+        return _row(sid, "audio format", "fail", f"{len(odd)} PCM16 appends with an odd byte count (seq {_seqs(odd)})")
+    return _row(sid, "audio format", "pass", f"input {input_format}")
+
+
+def _appends(rows: list[tuple[Any, ...]]) -> list[tuple[int, float, float, int]]:
+    return [
+        (seq, t_s, audio_ms or 0.0, size)
+        for seq, t_s, _, _, kind, size, audio_ms, _ in rows
+        if kind == "input_audio_buffer.append"
+    ]
+
+
+def _seqs(seqs: list[int]) -> str:
+    return ", ".join(str(s) for s in seqs[:5]) + (", ..." if len(seqs) > 5 else "")
+
+
+def _chunk_size(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
+    appends = [a for a in _appends(rows) if a[2] > 0]
+    if not appends:
+        return _row(sid, "chunk size", "pass", "no audio appended")
+    sizes = [ms for _, _, ms, _ in appends]
+    huge = [seq for seq, _, ms, size in appends if ms > 1000 or size > MAX_APPEND_BYTES]
+    if huge:
+        return _row(
+            sid, "chunk size", "fail", f"{len(huge)} chunks over 1 s (seq {_seqs(huge)}); largest {max(sizes):.0f} ms"
+        )
+    odd = [seq for seq, _, ms, _ in appends if ms < 20 or ms > 200]
+    if odd:
+        return _row(
+            sid,
+            "chunk size",
+            "warn",
+            f"{len(odd)} of {len(appends)} chunks outside 20-200 ms (seq {_seqs(odd)}); "
+            f"{min(sizes):.0f}-{max(sizes):.0f} ms",
+        )
+    return _row(sid, "chunk size", "pass", f"{len(appends)} chunks of {min(sizes):.0f}-{max(sizes):.0f} ms")
+
+
+def _base64(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
+    bad = []
+    for seq, _, _, _, kind, _, audio_ms, payload in rows:
+        if kind == "input_audio_buffer.append" and audio_ms is None and payload:
+            try:
+                base64.b64decode(json.loads(payload).get("audio") or "", validate=True)
+            except (binascii.Error, ValueError, AttributeError):
+                bad.append(seq)
+    if bad:
+        return _row(sid, "base64", "fail", f"{len(bad)} appends whose audio is not valid base64 (seq {_seqs(bad)})")
+    return _row(sid, "base64", "pass", "all audio decodes")
+
+
+def _bursts(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
+    sent = [(seq, t_s, audio_ms or 0.0) for seq, t_s, _, direction, _, _, audio_ms, _ in rows if direction == "sent"]
+    worst_audio = worst_events = (0.0, None)
+    start = 0
+    audio = 0.0
+    for end, (seq, t_s, ms) in enumerate(sent):
+        audio += ms
+        while t_s - sent[start][1] > 1.0:
+            audio -= sent[start][2]
+            start += 1
+        if audio > worst_audio[0]:
+            worst_audio = (audio, seq)
+        if end - start + 1 > worst_events[0]:
+            worst_events = (end - start + 1, seq)
+    evidence = f"up to {worst_audio[0]:.0f} ms of audio and {worst_events[0]:.0f} events in one second"
+    if worst_audio[0] > 1500 or worst_events[0] > 50:
+        at = worst_audio[1] if worst_audio[0] > 1500 else worst_events[1]
+        return _row(sid, "bursts", "warn", f"{evidence} (at seq {at})")
+    return _row(sid, "bursts", "pass", evidence)
+
+
+def _prompt(sid: str, tokens: int | None) -> dict[str, str]:
+    if tokens is None:
+        return _row(sid, "prompt size", "pass", "no response usage recorded")
+    status = "fail" if tokens > 14_000 else "warn" if tokens >= 8_000 else "pass"
+    return _row(sid, "prompt size", status, f"largest prompt {tokens} input tokens")
+
+
+def _age(sid: str, started: Any, ended: Any, expires: Any, rows: list[tuple[Any, ...]]) -> dict[str, str]:
+    expired = [
+        seq
+        for seq, _, _, _, kind, _, _, payload in rows
+        if kind == "error" and payload and "session_expired" in payload
+    ]
+    if expired:
+        return _row(sid, "session age", "fail", f"session_expired at seq {expired[0]}")
+    if started is None or ended is None or expires is None or expires <= started:
+        return _row(sid, "session age", "pass", "no expiry recorded")
+    used = (ended - started) / (expires - started)
+    if ended >= expires:
+        return _row(sid, "session age", "fail", f"ran past expires_at ({expires.isoformat()})")
+    status = "warn" if used >= 0.8 else "pass"
+    return _row(sid, "session age", status, f"used {used:.0%} of its maximum duration")
+
+
+def _rate_limits(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
+    lowest = None
+    for seq, _, _, _, kind, _, _, payload in rows:
+        if kind != "rate_limits.updated" or not payload:
+            continue
+        for limit in json.loads(payload).get("rate_limits") or []:
+            if isinstance(limit, dict) and limit.get("limit"):
+                share = limit.get("remaining", 0) / limit["limit"]
+                if lowest is None or share < lowest[0]:
+                    lowest = (share, limit.get("name"), limit.get("remaining"), seq)
+    if lowest is None:
+        return _row(sid, "rate limits", "pass", "no rate limits recorded")
+    share, name, remaining, seq = lowest
+    status = "fail" if remaining == 0 else "warn" if share <= 0.10 else "pass"
+    return _row(sid, "rate limits", status, f"lowest {name} remaining {remaining} ({share:.0%}) at seq {seq}")
+
+
+def _retries(sid: str, rows: list[tuple[Any, ...]], failures: list[tuple[Any, float]]) -> dict[str, str]:
+    creates = [(seq, t_s) for seq, t_s, _, _, kind, _, _, _ in rows if kind == "response.create"]
+    tight = []
+    for failure_seq, failure_t in failures:
+        quick = [seq for seq, t_s in creates if failure_t < t_s <= failure_t + 1.0]
+        if quick:
+            tight.append((failure_seq, quick[0]))
+    if tight:
+        pairs = "; ".join(f"failure at seq {f} then response.create at seq {c}" for f, c in tight[:3])
+        return _row(sid, "retries", "fail", f"tight retry loop without backoff: {pairs}")
+    return _row(sid, "retries", "pass", f"{len(failures)} failures, none retried within 1 s")
+
+
+def _reconnects(sessions: list[tuple[Any, ...]]) -> list[dict[str, str]]:
+    """A new session from the same labels within 5 s of an abnormal close."""
+    out = []
+    ordered = sorted(sessions, key=lambda s: s[1] or 0)
+    for i, (sid, started, _, _, labels, _, _) in enumerate(ordered):
+        quick = None
+        for prev_sid, _, prev_end, _, prev_labels, prev_code, _ in ordered[:i]:
+            abnormal = prev_code is not None and prev_code not in (1000, 1001, 1005)
+            if abnormal and prev_end is not None and started is not None and prev_labels == labels:
+                gap = (started - prev_end).total_seconds()
+                if 0 <= gap <= 5:
+                    quick = (prev_sid, prev_code, gap)
+        if quick:
+            prev_sid, code, gap = quick
+            out.append(
+                _row(sid, "reconnects", "warn", f"opened {gap:.1f} s after {prev_sid} closed abnormally ({code})")
+            )
+        else:
+            out.append(_row(sid, "reconnects", "pass", "no reconnect right after an abnormal close"))
+    return out

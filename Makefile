@@ -46,6 +46,7 @@ bench: $(VENV)/.installed-bench $(MITM_VENV)/bin/mitmdump
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/shim_bench.py
 	$(BIN)/python bench/index_bench.py
+	$(BIN)/python bench/precursors_bench.py
 
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check recorder analyzer tests bench

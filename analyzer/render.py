@@ -106,7 +106,7 @@ def _rich_table(table: pa.Table, out: IO[str]) -> None:
     for name in table.column_names:
         view.add_column(name, overflow="fold")
     for row in rows(table):
-        view.add_row(*[_short(_cell(v)) for v in row.values()])
+        view.add_row(*[_short(f"{v:.4g}" if isinstance(v, float) else _cell(v)) for v in row.values()])
     # On a terminal rich fits the table to it; in a file, lines are as long as they need.
     Console(file=out, soft_wrap=False, width=None if out.isatty() else 1000).print(view)
     if table.num_rows == 0:

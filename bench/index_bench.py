@@ -73,8 +73,20 @@ def _templates(rng: random.Random) -> dict[str, list[str]]:
     }
 
 
-def session_messages(n: int, rng: random.Random, templates: dict[str, list[str]]) -> list[tuple[int, str]]:
-    """``n`` messages of a voice session, as (direction, text)."""
+RESPONSE_ID = "resp_CAbVxZ2wQ3kLm9NpRt7Yu"
+FAILED = (
+    '{"type":"response.done","event_id":"event_%d","response":{"id":"resp_CAbVxZ2wQ3kLm9NpRt7Yu","status":"failed",'
+    '"status_details":{"type":"failed",'
+    '"error":{"type":"server_error","code":null,"message":"The server had an error."}}}}'
+)
+
+
+def session_messages(
+    n: int, rng: random.Random, templates: dict[str, list[str]], fail: float = 0.0
+) -> list[tuple[int, str]]:
+    """``n`` messages of a voice session, as (direction, text). With ``fail``, that share of
+    responses fails with a server_error, most of them after an input_audio_buffer.clear
+    (which also precedes a few healthy responses): a cause for ``rtcap precursors`` to find."""
     out: list[tuple[int, str]] = [
         (
             RECEIVED,
@@ -85,13 +97,17 @@ def session_messages(n: int, rng: random.Random, templates: dict[str, list[str]]
     while len(out) < n:
         for _ in range(rng.randint(5, 15)):
             out.append((SENT, rng.choice(templates["append"])))
+        failing = rng.random() < fail
+        if rng.random() < (0.8 if failing else 0.05):
+            out.append((SENT, '{"type":"input_audio_buffer.clear"}'))
         out.append((SENT, '{"type":"response.create"}'))
-        out.append((RECEIVED, templates["created"][0] % event))
+        rid = f"resp_{rng.getrandbits(64):021d}"  # every response its own id
+        out.append((RECEIVED, (templates["created"][0] % event).replace(RESPONSE_ID, rid)))
         for k in range(rng.randint(20, 60)):
-            out.append((RECEIVED, rng.choice(templates["delta"]) % (event + k)))
+            out.append((RECEIVED, (rng.choice(templates["delta"]) % (event + k)).replace(RESPONSE_ID, rid)))
             if k % 3 == 0:
-                out.append((RECEIVED, rng.choice(templates["word"]) % (event + k)))
-        out.append((RECEIVED, templates["done"][0] % event))
+                out.append((RECEIVED, (rng.choice(templates["word"]) % (event + k)).replace(RESPONSE_ID, rid)))
+        out.append((RECEIVED, ((FAILED if failing else templates["done"][0]) % event).replace(RESPONSE_ID, rid)))
         event += 100
     return out[:n]
 

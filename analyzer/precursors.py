@@ -22,6 +22,7 @@ import numpy as np
 from .views import Captures
 
 SIGNIFICANT = 0.001
+NEAR_IDENTICAL = 0.05  # features whose windows differ in at most 5% of them are merged
 EXCLUDED_RECORDERS = ("simulator", "serve", "replay")
 THRESHOLDS = {
     "audio_chunk_ms": (200, 500, 1000),
@@ -320,7 +321,7 @@ def _merge(rows: list[dict[str, Any]], members: dict[str, set[int]]) -> list[dic
         for rep in kept:
             other = members[rep["feature"]]
             union = len(ids | other)
-            if union and len(ids ^ other) <= 0.02 * union:
+            if union and len(ids ^ other) <= NEAR_IDENTICAL * union:
                 rep["merged"].append(row["feature"])
                 break
         else:

@@ -16,8 +16,7 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed-demo
-	@if $(BIN)/rtcap demo --help >/dev/null 2>&1; then $(BIN)/rtcap demo; \
-	else echo "rtcap demo is not built yet; meanwhile try: make test, or .venv/bin/rtcap proxy --help"; fi
+	$(BIN)/rtcap demo
 
 # The shim is tested against the oldest and the newest websockets it supports, each
 # installed on its own, to be put first on PYTHONPATH of an app run under the shim.

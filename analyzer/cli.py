@@ -750,6 +750,28 @@ def serve(session: str, listen: str, speed: float, record: bool, captures: Path)
         raise Failure(f"cannot listen on {listen}: {e.strerror or e}") from None
 
 
+@cli.command()
+@click.option(
+    "--sessions", type=click.IntRange(min=8), default=40, show_default=True, help="How many sessions to record."
+)
+@captures_option
+def demo(sessions: int, captures: Path) -> None:
+    """Show rtcap's whole job on a simulated voice agent: offline, no key.
+
+    A simulator fails with server_error after an out-of-band response.create whose
+    tool_choice names a function (a precursor reported in the wild), and now and then at
+    random. The demo records a few dozen varied sessions through rtcap proxy and through
+    the in-process shim with the openai SDK into CAPTURES/demo (cleared first), indexes
+    them, ranks what precedes the failures, runs doctor on a failing session, replays the
+    planted failure and a transient one five times each, and writes a report bundle.
+    """
+    from analyzer.demo import run
+
+    root = captures / "demo"
+    with _progress() as progress:
+        run(root, lambda line: click.echo(line), progress=progress, sessions=sessions)
+
+
 def _emit_document(document: dict[str, Any], rows_key: str, fmt: str | None, output: Path | None) -> None:
     """A result document: the whole document as JSON, else its rows (after its summary)."""
     import json

@@ -50,6 +50,9 @@ class Step:
     """Seconds after the previous step (``causal``) or after the start (``timed``)."""
     needs: list[str]
     """Recorded server ids this message refers to, which must be mapped first."""
+    after_done: bool = False
+    """A response ended before this message in the recording: once the replayed one ends,
+    the message goes even if fewer server messages came (``causal``)."""
 
 
 def _event(message: Message) -> dict[str, Any] | None:
@@ -122,7 +125,8 @@ def plan(capture: Capture, pace: str = "causal", speed: float = 1.0) -> list[Ste
         at = message.t_ns / 1e9 / speed
         data = message.data().decode("utf-8", errors="replace") if message.opcode == "text" else message.data()
         if pace == "causal":
-            steps.append(Step(message.seq, data, _units(server_since), gap, needs))
+            ended = any(b'"response.done"' in m.payload[:40] for m in server_since)
+            steps.append(Step(message.seq, data, _units(server_since), gap, needs, ended))
         elif pace == "timed":
             steps.append(Step(message.seq, data, 0, at, needs))
         else:
@@ -342,7 +346,7 @@ async def replay(
         replay_of=capture.session_id,
     )
     received: list[tuple[int, dict[str, Any] | None]] = []
-    units = 0
+    units = dones = 0
     in_run = False
     arrived = asyncio.Event()
     closed = asyncio.Event()
@@ -361,7 +365,7 @@ async def replay(
         )
 
         async def receive() -> None:
-            nonlocal units, in_run
+            nonlocal units, dones, in_run
             try:
                 async for message in ws:
                     seq = recorder.message(RECEIVED, message, now_ns())
@@ -374,6 +378,7 @@ async def replay(
                     received.append((seq, event if isinstance(event, dict) else None))
                     if isinstance(event, dict):
                         ids.learn(event)
+                        dones += event.get("type") == "response.done"
                     is_delta = bool(event and str(event.get("type", "")).endswith(".delta"))
                     if not (is_delta and in_run):
                         units += 1
@@ -399,15 +404,17 @@ async def replay(
 
         reader = asyncio.ensure_future(receive())
         started = time.monotonic()
-        mark_units, mark_t = 0, started
+        mark_units, mark_dones, mark_t = 0, 0, started
         for step in steps:
             if closed.is_set():
                 break
-            target_units = mark_units + step.after_server
-            if (
-                not await wait_until(lambda t=target_units: units >= t, time.monotonic() + timeout)
-                and not closed.is_set()
-            ):
+
+            def ready(t: int = mark_units + step.after_server, s: Step = step, d: int = mark_dones) -> bool:
+                # A pending response.done counts: once the replayed response has ended, a
+                # shorter stream than the recorded one is no reason to wait for more.
+                return units >= t or (s.after_done and dones > d)
+
+            if not await wait_until(ready, time.monotonic() + timeout) and not closed.is_set():
                 notes.append(f"waited {timeout:g} s for the server before seq {step.recorded_seq}")
             if map_ids and step.needs:
                 await wait_until(lambda s=step: all(n in ids.mapping for n in s.needs), time.monotonic() + timeout)
@@ -422,7 +429,7 @@ async def replay(
                 await ws.send(data)
             except Exception:
                 break
-            mark_units, mark_t = units, time.monotonic()
+            mark_units, mark_dones, mark_t = units, dones, time.monotonic()
         done = lambda: sum(1 for _, e in received if e and e.get("type") == "response.done") >= expected_done  # noqa: E731
         await wait_until(done, time.monotonic() + timeout)
         if not closed.is_set():

@@ -17,7 +17,7 @@ from analyzer.precursors import analyse, fisher_greater, holm
 from analyzer.views import open_captures
 from recorder.capture import CaptureWriter
 from recorder.session import RECEIVED, SENT, SessionRecorder, capture_path, new_session_id
-from tests.traffic import record
+from analyzer.traffic import record
 
 BASE = "fail p=0.04"
 PLANTED = {
@@ -274,3 +274,15 @@ def test_report_bundle_holds_what_spec_lists_and_no_secret(tmp_path: Path) -> No
     assert failures[0]["error_type"] == "server_error" and failures[0]["source"] == "response.done"
     bad = CliRunner().invoke(cli, ["report", failing, "--output", str(tmp_path / "x.tar"), "--captures", str(root)])
     assert bad.exit_code == 2
+
+
+def test_the_demo_end_to_end(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["demo", "--captures", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "server_error followed response.create:response.tool_choice.type=function in" in out
+    [deterministic, transient] = [line for line in out.splitlines() if "reproduced" in line and "times" in line]
+    rate = [int(line.split("reproduced ")[1].split(" of")[0]) for line in (deterministic, transient)]
+    assert rate[0] >= 4 and rate[1] <= 2 and rate[0] > rate[1]
+    assert (tmp_path / "demo").is_dir() and list((tmp_path / "demo").glob("report-*.zip"))
+    assert f"rtcap sessions --captures {tmp_path / 'demo'} --failed" in out

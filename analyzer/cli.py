@@ -92,6 +92,18 @@ def listen_option(port: int) -> Callable[[Callable[..., Any]], Callable[..., Any
     )
 
 
+def speed_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--speed F``: divide time by F (simulate, replay, serve)."""
+    return click.option(
+        "--speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help=help
+    )
+
+
+def failure_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--failure KIND``: an error type or code, ``server`` or ``any`` (default server_error)."""
+    return click.option("--failure", default="server_error", show_default=True, metavar="KIND", help=help)
+
+
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--format`` and ``--output`` for commands with tabular output."""
     command = click.option(
@@ -306,13 +318,7 @@ def run(
 @listen_option(8766)
 @click.option("--fault", "faults", multiple=True, metavar="RULE", help="A fault rule (repeatable); see below.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random, per session.")
-@click.option(
-    "--speed",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Divide all pacing by F (tests use 1000).",
-)
+@speed_option("Divide all pacing by F (tests use 1000).")
 @click.option(
     "--max-session",
     type=click.FloatRange(min=0, min_open=True),
@@ -463,13 +469,7 @@ def _labels_filter(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 @cli.command()
-@click.option(
-    "--failure",
-    default="server_error",
-    show_default=True,
-    metavar="KIND",
-    help="An error type or code, 'server' (the class) or 'any'.",
-)
+@failure_option("An error type or code, 'server' (the class) or 'any'.")
 @click.option(
     "--window-seconds",
     type=click.FloatRange(min=0, min_open=True),
@@ -606,13 +606,7 @@ def report(session: str, output: Path, captures: Path) -> None:
     show_default=True,
     help="When to send each client message.",
 )
-@click.option(
-    "--speed",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Divide every recorded gap by F.",
-)
+@speed_option("Divide every recorded gap by F.")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -634,13 +628,7 @@ def report(session: str, output: Path, captures: Path) -> None:
     metavar="K:V",
     help="Extra header (credentials: else $OPENAI_API_KEY / $AZURE_OPENAI_API_KEY).",
 )
-@click.option(
-    "--failure",
-    default="server_error",
-    show_default=True,
-    metavar="KIND",
-    help="The failure to reproduce: error type or code, 'server' or 'any'.",
-)
+@failure_option("The failure to reproduce: error type or code, 'server' or 'any'.")
 @output_options
 @captures_option
 def replay(
@@ -706,13 +694,7 @@ def replay(
 @cli.command()
 @click.argument("session")
 @listen_option(8767)
-@click.option(
-    "--speed",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Divide every recorded gap by F.",
-)
+@speed_option("Divide every recorded gap by F.")
 @click.option("--record", is_flag=True, help="Record the sessions it serves.")
 @captures_option
 def serve(session: str, listen: str, speed: float, record: bool, captures: Path) -> None:

@@ -332,32 +332,33 @@ async def replay(
 ) -> dict[str, Any]:
     """Replay ``capture`` to ``url`` once; returns the replay's entry of the result."""
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
 
     steps = plan(capture, pace, speed)
     ids = IdMap(capture)
-    session_id = new_session_id()
-    recorder = SessionRecorder(
-        open_sink(captures, session_id),
-        session_id=session_id,
-        url=url,
-        request_headers=headers or [],
-        recorder="replay",
-        labels=capture.header.get("labels") or {},
-        replay_of=capture.session_id,
-    )
     received: list[tuple[int, dict[str, Any] | None]] = []
     units = dones = 0
     in_run = False
     arrived = asyncio.Event()
     closed = asyncio.Event()
     notes: list[str] = []
-    expected_done = sum(
-        1 for m in capture.messages if m.direction == "received" and b'"response.done"' in m.payload[:40]
-    )
+    expected_done = sum(1 for _, e in recorded_events(capture) if e and e.get("type") == "response.done")
 
     async with connect(
         url, additional_headers=headers or [], subprotocols=subprotocols or None, max_size=None, open_timeout=timeout
     ) as ws:  # type: ignore[arg-type]
+        # The replay's capture is created once the server has accepted it, so a refused
+        # connection leaves no empty file behind.
+        session_id = new_session_id()
+        recorder = SessionRecorder(
+            open_sink(captures, session_id),
+            session_id=session_id,
+            url=url,
+            request_headers=headers or [],
+            recorder="replay",
+            labels=capture.header.get("labels") or {},
+            replay_of=capture.session_id,
+        )
         recorder.start(
             now_ns(),
             response_headers=ws.response.headers.raw_items() if ws.response else (),
@@ -427,11 +428,10 @@ async def replay(
             recorder.message(SENT, data, now_ns())
             try:
                 await ws.send(data)
-            except Exception:
+            except ConnectionClosed:
                 break
             mark_units, mark_dones, mark_t = units, dones, time.monotonic()
-        done = lambda: sum(1 for _, e in received if e and e.get("type") == "response.done") >= expected_done  # noqa: E731
-        await wait_until(done, time.monotonic() + timeout)
+        await wait_until(lambda: dones >= expected_done, time.monotonic() + timeout)
         if not closed.is_set():
             await ws.close()
         await asyncio.wait([reader], timeout=timeout)

@@ -237,3 +237,13 @@ def test_id_mapping_by_kind_and_order(tmp_path: Path) -> None:
 def test_replay_usage_errors(tmp_path: Path, bad: list[str]) -> None:
     path = synthetic(tmp_path)
     assert CliRunner().invoke(cli, ["replay", str(path), *bad]).exit_code == 2
+
+
+def test_an_unreachable_target_is_one_error_line_and_leaves_nothing(tmp_path: Path) -> None:
+    path = synthetic(tmp_path / "in")
+    captures = tmp_path / "captures"
+    captures.mkdir()
+    result = CliRunner().invoke(cli, ["replay", str(path), "--to", "ws://127.0.0.1:9", "--captures", str(captures)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("rtcap: error: cannot replay to ws://127.0.0.1:9") and result.stderr.count("\n") == 1
+    assert list(captures.rglob("*.msgpack")) == []

@@ -47,12 +47,12 @@ class Window:
     features: set[str] = dataclasses.field(default_factory=set)
 
 
-def _failure_filter(kind: str) -> tuple[str, list[Any]]:
+def _failure_filter(kind: str) -> tuple[str, dict[str, Any]]:
     if kind == "any":
-        return "true", []
+        return "true", {}
     if kind == "server":
-        return "f.class = 'server'", []
-    return "(f.error_type = ? OR f.code = ?)", [kind, kind]
+        return "f.class = 'server'", {}
+    return "(f.error_type = $kind OR f.code = $kind)", {"kind": kind}
 
 
 def windows(captures: Captures, failure: str, seconds: float, events: int, include_replays: bool) -> list[Window]:
@@ -65,7 +65,8 @@ def windows(captures: Captures, failure: str, seconds: float, events: int, inclu
         f"""
         CREATE TEMP TABLE _windows AS
         WITH chosen AS (
-            SELECT f.session_id, coalesce(r.created_seq, f.seq) AS end_seq, coalesce(r.created_t_s, f.t_s) AS end_t
+            SELECT f.session_id, f.seq AS fail_seq, f.t_s AS fail_t,
+                   coalesce(r.created_seq, f.seq) AS end_seq, coalesce(r.created_t_s, f.t_s) AS end_t
             FROM failures f JOIN sessions s USING (session_id)
             LEFT JOIN responses r ON r.session_id = f.session_id AND r.response_id = f.response_id
             WHERE {where} AND {recorders}
@@ -75,14 +76,17 @@ def windows(captures: Captures, failure: str, seconds: float, events: int, inclu
             SELECT r.session_id, r.created_seq AS end_seq, r.created_t_s AS end_t, false AS failed
             FROM responses r JOIN sessions s USING (session_id)
             WHERE r.status = 'completed' AND r.created_seq IS NOT NULL AND {recorders}
+              -- A control window that holds a failure (or is one) is no control.
               AND NOT EXISTS (
                   SELECT 1 FROM chosen c WHERE c.session_id = r.session_id
-                     AND c.end_seq IS NOT NULL AND c.end_seq = r.created_seq)
+                     AND (c.end_seq = r.created_seq
+                          OR (c.fail_seq < r.created_seq AND c.fail_seq >= r.created_seq - $events
+                              AND c.fail_t >= r.created_t_s - $seconds)))
         )
         SELECT row_number() OVER (ORDER BY session_id, end_seq) - 1 AS id, *
         FROM (SELECT * FROM failed UNION ALL SELECT * FROM controls)
         """,
-        params,
+        {**params, "events": events, "seconds": seconds},
     ).fetchall()
     rows = con.execute(
         """

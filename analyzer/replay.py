@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from recorder.capture import RECEIVED, SENT, Capture, Message
 from recorder.redact import REDACTED, SECRET_SUBPROTOCOL_PREFIXES
-from recorder.session import SessionRecorder, new_session_id, now_ns, open_sink, who_closed
+from recorder.session import SessionRecorder, now_ns, who_closed
 
 PACES = ("causal", "timed", "asap")
 HOP_HEADERS = {
@@ -349,10 +349,8 @@ async def replay(
     ) as ws:  # type: ignore[arg-type]
         # The replay's capture is created once the server has accepted it, so a refused
         # connection leaves no empty file behind.
-        session_id = new_session_id()
-        recorder = SessionRecorder(
-            open_sink(captures, session_id),
-            session_id=session_id,
+        recorder = SessionRecorder.create(
+            captures,
             url=url,
             request_headers=headers or [],
             recorder="replay",
@@ -437,7 +435,7 @@ async def replay(
         await asyncio.wait([reader], timeout=timeout)
         closed_by, code, reason = who_closed(ws.protocol, peer="server", local="client")
     recorder.end(now_ns(), closed_by=closed_by, code=code, reason=reason)
-    return {"session_id": session_id, "received": received, "notes": notes}
+    return {"session_id": recorder.session_id, "received": received, "notes": notes}
 
 
 def recorded_events(capture: Capture) -> list[tuple[int, dict[str, Any] | None]]:

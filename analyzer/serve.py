@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from recorder.capture import RECEIVED, SENT, Capture
 from recorder.serving import serve_until_stopped
-from recorder.session import SessionRecorder, new_session_id, now_ns, open_sink
+from recorder.session import SessionRecorder, now_ns
 
 
 def _kind(data: bytes | str) -> str:
@@ -127,11 +127,9 @@ class Player:
             await ws.close(code if code != 1005 else 1000, end.get("reason") or "")
 
     def _recorder(self, ws: ServerConnection) -> SessionRecorder:
-        session_id = new_session_id()
         request = ws.request
-        recorder = SessionRecorder(
-            open_sink(self.captures or Path("captures"), session_id),
-            session_id=session_id,
+        recorder = SessionRecorder.create(
+            self.captures or Path("captures"),
             url=f"ws://{request.headers.get('Host', '')}{request.path}" if request else "",
             request_headers=request.headers.raw_items() if request else [],
             recorder="serve",

@@ -29,7 +29,7 @@ from websockets.http11 import Request, Response
 
 from recorder.capture import RECEIVED, SENT
 from recorder.serving import ServerThread, serve_until_stopped
-from recorder.session import SessionRecorder, new_session_id, now_ns, open_sink
+from recorder.session import SessionRecorder, now_ns
 
 from .faults import Rule, parse_rules
 from .simsession import Close, Drop, SimSession, Stall, StartResponse, Step
@@ -161,11 +161,9 @@ class Simulator:
             self.log(f"session {session.session_id} closed ({ws.close_code})")
 
     def _recorder(self, ws: ServerConnection, request: Request) -> SessionRecorder:
-        session_id = new_session_id()
         host = request.headers.get("Host", "127.0.0.1")
-        recorder = SessionRecorder(
-            open_sink(self.captures or Path("captures").absolute(), session_id),
-            session_id=session_id,
+        recorder = SessionRecorder.create(
+            self.captures or Path("captures").absolute(),
             url=f"ws://{host}{request.path}",
             request_headers=request.headers.raw_items(),
             recorder="simulator",

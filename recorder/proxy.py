@@ -25,7 +25,7 @@ from websockets.http11 import Request, Response
 from .capture import RECEIVED, SENT
 from .redact import Redactor
 from .serving import serve_until_stopped
-from .session import SessionRecorder, new_session_id, now_ns, open_sink, who_closed
+from .session import SessionRecorder, now_ns, who_closed
 
 # Headers that belong to one hop of the connection, regenerated on each leg.
 HOP_HEADERS = frozenset(
@@ -123,10 +123,8 @@ class RecordingProxy:
         )
 
     def _recorder(self, request: Request, url: str) -> SessionRecorder:
-        session_id = new_session_id()
-        return SessionRecorder(
-            open_sink(self.captures, session_id),
-            session_id=session_id,
+        return SessionRecorder.create(
+            self.captures,
             url=url,
             request_headers=request.headers.raw_items(),
             recorder="proxy",

@@ -155,6 +155,13 @@ class SessionRecorder:
         self.closed = False
         self._silence = {SENT: 0, RECEIVED: 0}
 
+    @classmethod
+    def create(cls, captures: Path, **fields: Any) -> SessionRecorder:
+        """A recorder for a new session, its capture file created under ``captures``
+        (when that fails the session goes unrecorded, with one warning)."""
+        session_id = new_session_id()
+        return cls(open_sink(captures, session_id, fields.get("on_error", warn)), session_id=session_id, **fields)
+
     # -- the three events of a connection -------------------------------------------
 
     def start(

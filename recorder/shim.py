@@ -36,7 +36,7 @@ from typing import Any
 
 from .capture import RECEIVED, SENT
 from .redact import Redactor
-from .session import SessionRecorder, default_captures, new_session_id, now_ns, open_sink, warn, who_closed
+from .session import SessionRecorder, default_captures, now_ns, warn, who_closed
 
 ENV = "RTCAP_SHIM"
 """How ``rtcap run`` hands its settings to the interpreters it starts (JSON)."""
@@ -82,11 +82,9 @@ class _Connection:
 
     def start(self, status: int | None, headers: Any = None, body: bytes = b"") -> None:
         """The handshake ended: with a 101, a rejection, or no response at all."""
-        session_id = new_session_id()
         config = self.config
-        self.recorder = SessionRecorder(
-            open_sink(config.captures, session_id),
-            session_id=session_id,
+        self.recorder = SessionRecorder.create(
+            config.captures,
             url=self.url,
             request_headers=self.headers,
             recorder="shim",

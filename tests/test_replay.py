@@ -245,5 +245,7 @@ def test_an_unreachable_target_is_one_error_line_and_leaves_nothing(tmp_path: Pa
     captures.mkdir()
     result = CliRunner().invoke(cli, ["replay", str(path), "--to", "ws://127.0.0.1:9", "--captures", str(captures)])
     assert result.exit_code == 1
-    assert result.stderr.startswith("rtcap: error: cannot replay to ws://127.0.0.1:9") and result.stderr.count("\n") == 1
+    assert (
+        result.stderr.startswith("rtcap: error: cannot replay to ws://127.0.0.1:9") and result.stderr.count("\n") == 1
+    )
     assert list(captures.rglob("*.msgpack")) == []

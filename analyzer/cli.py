@@ -439,7 +439,13 @@ def sessions(
     where, params = [], []
     if failed:
         where.append("failed")
-    for key, value in _labels_filter(labels):
+    from recorder.session import parse_labels
+
+    try:
+        wanted = parse_labels(labels, env="")  # filters, not labels to write: $RTCAP_LABELS has no say
+    except ValueError as e:
+        raise BadUsage(str(e)) from None
+    for key, value in wanted.items():
         where.append("labels[?] = ?")
         params += [key, value]
     if since:
@@ -456,16 +462,6 @@ def sessions(
         + (f" LIMIT {limit}" if limit else "")
     )
     _emit(_sql(_open(captures), query, params), fmt, output)
-
-
-def _labels_filter(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
-    out = []
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BadUsage(f"malformed label {pair!r}: expected KEY=VALUE")
-        out.append((key, value))
-    return out
 
 
 @cli.command()
@@ -549,7 +545,7 @@ def doctor(
     session_id = None
     if session is not None:
         try:
-            session_id = read_capture(_find(captures, session)).session_id
+            session_id = read_capture(_find(captures, session), max_messages=1).session_id
         except CaptureError as e:
             raise Failure(str(e)) from None
     rows = diagnose(_open(captures), session_id, include_replays=include_replays)

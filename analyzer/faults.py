@@ -101,7 +101,7 @@ class Rule:
                 return False
             if name == "audio_ms" and not any(e.audio_ms > limit for e in context.window):
                 return False
-            if name == "rate" and not _max_per_second(context.window) > limit:
+            if name == "rate" and not busiest_second([e.t for e in context.window]) > limit:
                 return False
         return True
 
@@ -177,11 +177,11 @@ def _field(event: dict[str, Any] | None, path: str) -> str | None:
     return str(value)
 
 
-def _max_per_second(window: Sequence[ClientEvent]) -> int:
-    """The most client events inside any one-second span of the window."""
+def busiest_second(times: Sequence[float]) -> int:
+    """The most events inside any one-second span of ``times`` (seconds, ascending)."""
     best = start = 0
-    for end in range(len(window)):
-        while window[end].t - window[start].t > 1.0:
+    for end in range(len(times)):
+        while times[end] - times[start] > 1.0:
             start += 1
         best = max(best, end - start + 1)
     return best

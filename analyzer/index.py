@@ -30,10 +30,10 @@ import pyarrow.parquet as pq
 
 from recorder.capture import CaptureError, Columns, make_private_dirs, read_columns
 
+from .g711 import BYTES_PER_MS
 from .locate import capture_files
 
 INDEX_VERSION = 3
-BYTES_PER_MS = {"pcm16": 48, "audio/pcm": 48, "g711_ulaw": 8, "g711_alaw": 8, "audio/pcmu": 8, "audio/pcma": 8}
 PART_ROWS = 200_000  # messages per Parquet segment written at once: bounds memory
 SMALL_SEGMENTS = 8  # more segments than this under PART_ROWS / 4 rows are merged into one
 
@@ -452,12 +452,15 @@ class Index:
             if left == 0:
                 path.unlink()
                 continue
-            tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-            query = f"COPY (SELECT * FROM {source} WHERE key <> ?) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)"
-            self._duckdb().execute(query, [row["key"]]).fetchall()
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
+            self._copy(f"SELECT * FROM {source} WHERE key <> ?", [row["key"]], path)
         row["segments"] = []
+
+    def _copy(self, select: str, params: list[Any], path: Path) -> None:
+        """Write a query's rows to ``path`` as Parquet, atomically (as ``_atomic_parquet``)."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        self._duckdb().execute(f"COPY ({select}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", params).fetchall()
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
 
     def _compact(self, rows: Any) -> None:
         """Merge small segments (left by many small updates) into one."""
@@ -467,13 +470,8 @@ class Index:
         if len(small) <= SMALL_SEGMENTS:
             return
         name = f"seg-{time.time_ns():x}-{os.getpid()}.parquet"
-        tmp = self.events_dir / f".{name}.tmp"
         sources = [str(self.events_dir / n) for n in small]
-        self._duckdb().execute(
-            f"COPY (SELECT * FROM read_parquet({sources!r})) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)"
-        )
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.events_dir / name)
+        self._copy(f"SELECT * FROM read_parquet({sources!r})", [], self.events_dir / name)
         merged = set(small)
         for row in rows:
             if merged & set(row["segments"]):

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .faults import busiest_second
 from .views import Captures
 
 SIGNIFICANT = 0.001
@@ -165,19 +166,10 @@ def _window_features(window: Window, rows: list[tuple[Any, ...]], fields: dict[s
     for first, second in zip(names, names[1:], strict=False):
         window.features.add(f"{first} -> {second}")
     window.features |= _numeric("audio_chunk_ms", largest_chunk)
-    window.features |= _numeric("events_per_second", _busiest_second(client_times))
+    window.features |= _numeric("events_per_second", busiest_second(client_times))
     if end_t is not None:
         gap = end_t - last_server_t if last_server_t is not None else THRESHOLDS["gap_since_server_s"][-1]
         window.features |= _numeric("gap_since_server_s", gap)
-
-
-def _busiest_second(times: list[float]) -> int:
-    best = start = 0
-    for end in range(len(times)):
-        while times[end] - times[start] > 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def _fields(window_id: int, kind: str, payload: str, fields: dict[str, dict[str, set[int]]]) -> None:

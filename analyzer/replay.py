@@ -20,21 +20,16 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from recorder.capture import RECEIVED, SENT, Capture, Message
+from recorder.proxy import HOP_HEADERS as PROXY_HOP_HEADERS
 from recorder.redact import REDACTED, SECRET_SUBPROTOCOL_PREFIXES
 from recorder.session import SessionRecorder, now_ns, who_closed
 
+from .views import SERVER_ERROR_TYPES
+
 PACES = ("causal", "timed", "asap")
-HOP_HEADERS = {
-    "host",
-    "connection",
-    "upgrade",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-extensions",
-    "sec-websocket-protocol",
-    "user-agent",
-    "content-length",
-}
+# The proxy's hop-by-hop headers, and the recorded client's User-Agent: a replay is
+# rtcap talking, not the app.
+HOP_HEADERS = PROXY_HOP_HEADERS | {"user-agent"}
 
 
 @dataclasses.dataclass
@@ -259,23 +254,12 @@ def failures(events: Iterable[tuple[int, dict[str, Any] | None]]) -> list[Failur
     return out
 
 
-SERVER_CLASS = {
-    "server_error",
-    "service_unavailable",
-    "service_unavailable_error",
-    "inference_service_unavailable_error",
-    "internal_error",
-    "overloaded_error",
-    "api_error",
-}
-
-
 def matches(failure: Failure, kind: str) -> bool:
     """Whether a failure is of ``--failure`` kind (an error type or code, server, any)."""
     if kind == "any":
         return True
     if kind == "server":
-        return failure.error_type in SERVER_CLASS or failure.code in SERVER_CLASS
+        return failure.error_type in SERVER_ERROR_TYPES or failure.code in SERVER_ERROR_TYPES
     return kind in (failure.error_type, failure.code)
 
 

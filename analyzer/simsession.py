@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 
 from .faults import ClientEvent, Context, Rule
-from .g711 import DECODE, pcm16_samples
+from .g711 import BYTES_PER_MS, DECODE, pcm16_samples
 
 SAMPLE_RATE = 24_000
-BYTES_PER_MS = {"pcm16": 48, "g711_ulaw": 8, "g711_alaw": 8}
 GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
 MS_PER_CHAR = 70  # speaking rate of the simulated voice: about 14 characters a second
 CHUNK_MS = 100  # audio per output delta

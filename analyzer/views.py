@@ -20,10 +20,17 @@ import pyarrow as pa
 from .index import MANIFEST_SCHEMA, Index, UpdateReport
 
 READING = {"SELECT", "EXPLAIN"}
-SERVER_ERRORS = (
-    "'server_error', 'service_unavailable', 'service_unavailable_error', "
-    "'inference_service_unavailable_error', 'internal_error', 'internal_server_error', 'overloaded_error', 'api_error'"
+SERVER_ERROR_TYPES = (
+    "server_error",
+    "service_unavailable",
+    "service_unavailable_error",
+    "inference_service_unavailable_error",
+    "internal_error",
+    "internal_server_error",
+    "overloaded_error",
+    "api_error",
 )
+"""Error types and codes of the ``server`` class of failures (the rest of errors: ``client``)."""
 
 
 class QueryError(Exception):
@@ -155,7 +162,7 @@ FROM _manifest m
 LEFT JOIN created c USING (session_id)
 LEFT JOIN counts k USING (session_id)
 LEFT JOIN fails f USING (session_id);
-""".replace("{server}", SERVER_ERRORS)
+""".replace("{server}", ", ".join(f"'{t}'" for t in SERVER_ERROR_TYPES))
 
 
 def connect() -> duckdb.DuckDBPyConnection:

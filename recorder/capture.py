@@ -209,39 +209,30 @@ class Capture:
         return str(self.header.get("session_id") or self.path.stem)
 
 
-def _message(record: list[Any]) -> Message | None:
-    if len(record) != 8:
-        return None
+def _valid_message(record: Any) -> bool:
+    """Whether an unpacked record is a well-formed message record (a CRC does not prove it:
+    bytes can frame correctly and still not be one of ours)."""
+    if not (type(record) is list and len(record) == 8 and record[0] == MESSAGE):
+        return False
     _, seq, t_ns, direction, opcode, payload, splices, flags = record
-    if not (
+    return (
         type(seq) is int
         and type(t_ns) is int
         and direction in (SENT, RECEIVED)
         and opcode in OPCODES
-        and isinstance(payload, bytes)
+        and type(payload) is bytes
         and type(flags) is int
-    ):
-        return None
-    if splices is not None:
-        if not isinstance(splices, list):
-            return None
-        if flags & AUDIO_DROPPED:
-            if not all(_is_dropped_splice(s, len(payload)) for s in splices):
-                return None
-            splices = [[off, bytes([fill]) * count] for off, count, fill in splices]
-        elif not all(_is_audio_splice(s, len(payload)) for s in splices):
-            return None
-    return Message(seq, t_ns, DIRECTIONS[direction], OPCODES[opcode], payload, splices, flags)
-
-
-def _is_audio_splice(splice: Any, size: int) -> bool:
-    return (
-        isinstance(splice, list)
-        and len(splice) == 2
-        and type(splice[0]) is int
-        and 0 <= splice[0] <= size
-        and isinstance(splice[1], bytes)
+        and (splices is None or _valid_splices(splices, flags, len(payload)))
     )
+
+
+def _message(record: list[Any]) -> Message | None:
+    if not _valid_message(record):
+        return None
+    _, seq, t_ns, direction, opcode, payload, splices, flags = record
+    if splices is not None and flags & AUDIO_DROPPED:
+        splices = [[off, bytes([fill]) * count] for off, count, fill in splices]
+    return Message(seq, t_ns, DIRECTIONS[direction], OPCODES[opcode], payload, splices, flags)
 
 
 def _is_dropped_splice(splice: Any, size: int) -> bool:
@@ -452,17 +443,9 @@ def _read_columns(data: mmap.mmap, start: int, cols: Columns, path: Path) -> Non
                         record = unpackb(body, raw=False)
                     except Exception:
                         record = None
-                    if type(record) is list and len(record) == 8 and record[0] == MESSAGE:
-                        _, seq, t_ns, direction, opcode, payload, splices, flags = record
-                        if (
-                            type(seq) is int
-                            and type(t_ns) is int
-                            and direction in (SENT, RECEIVED)
-                            and opcode in OPCODES
-                            and type(payload) is bytes
-                            and type(flags) is int
-                            and (splices is None or _valid_splices(splices, flags, len(payload)))
-                        ):
+                    if type(record) is list and record and record[0] == MESSAGE:
+                        if _valid_message(record):
+                            _, seq, t_ns, direction, opcode, payload, splices, flags = record
                             seqs.append(seq)
                             times.append(t_ns)
                             directions.append(direction)

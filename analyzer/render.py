@@ -17,7 +17,6 @@ from typing import IO, Any
 
 import pyarrow as pa
 
-FORMATS = ("table", "csv", "json", "jsonl")
 EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
 
 

@@ -26,7 +26,6 @@ from recorder.session import SessionRecorder, now_ns, who_closed
 
 from .views import SERVER_ERROR_TYPES
 
-PACES = ("causal", "timed", "asap")
 # The proxy's hop-by-hop headers, and the recorded client's User-Agent: a replay is
 # rtcap talking, not the app.
 HOP_HEADERS = PROXY_HOP_HEADERS | {"user-agent"}

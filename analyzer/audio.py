@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from recorder import events
 from recorder.capture import Capture
 
 from .g711 import pcm16_samples, sample_rate
-from .index import follow_formats
 
 
 def write_wavs(capture: Capture, directory: Path) -> dict[str, float]:
@@ -18,18 +18,19 @@ def write_wavs(capture: Capture, directory: Path) -> dict[str, float]:
     16-bit mono at the session's rate (24 kHz PCM16; G.711 decoded, 8 kHz). Returns each
     file's duration in seconds."""
     directory.mkdir(parents=True, exist_ok=True)
-    formats = ["pcm16", "pcm16"]
-    chunks: list[list[np.ndarray]] = [[], []]
+    formats = events.AudioFormats()
+    chunks: dict[str, list[np.ndarray]] = {events.SENT: [], events.RECEIVED: []}
     for message in capture.messages:
-        side = 0 if message.direction == "sent" else 1
-        if message.opcode == "text" and b'"session.' in message.payload[:64]:
-            follow_formats(message.payload.decode(errors="replace"), formats)
+        if message.opcode == "text" and events.mentions_session(message.payload):
+            event = events.parse(message.payload)
+            if event is not None:
+                formats.follow(event)
         for audio in message.audio():
-            chunks[side].append(pcm16_samples(audio, formats[side]))
+            chunks[message.direction].append(pcm16_samples(audio, formats.of(message.direction)))
     durations = {}
-    for side, name in ((0, "input.wav"), (1, "output.wav")):
+    for side, name in ((events.SENT, "input.wav"), (events.RECEIVED, "output.wav")):
         samples = np.concatenate(chunks[side]) if chunks[side] else np.zeros(0, dtype="<i2")
-        rate = sample_rate(formats[side])
+        rate = sample_rate(formats.of(side))
         with wave.open(str(directory / name), "wb") as out:
             out.setnchannels(1)
             out.setsampwidth(2)

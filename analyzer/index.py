@@ -17,20 +17,18 @@ import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recorder import events
 from recorder.capture import CaptureError, Columns, make_private_dirs, read_columns
 
-from .g711 import BYTES_PER_MS
 from .locate import capture_files
 
 INDEX_VERSION = 3
@@ -116,29 +114,14 @@ def _mark(path: Path, stop: int) -> bytes:
 
 
 def _dialect(header: dict[str, Any]) -> str:
-    headers = {str(k).lower(): str(v) for k, v in header.get("request_headers") or []}
-    protocols = " ".join(header.get("subprotocols") or []) + headers.get("sec-websocket-protocol", "")
-    path = urlsplit(header.get("url") or "").path.rstrip("/")
-    if headers.get("openai-beta", "").lower() == "realtime=v1" or "openai-beta.realtime-v1" in protocols:
-        return "beta"
-    return "beta" if path.endswith("/openai/realtime") else "ga"
-
-
-def follow_formats(payload: str, current: list[str]) -> None:
-    """Follow the session's audio formats (input, output) through ``session.*`` events."""
-    try:
-        event = json.loads(payload)
-    except ValueError:
-        return
-    session = event.get("session") if isinstance(event, dict) else None
-    if not isinstance(session, dict):
-        return
-    audio = session.get("audio") if isinstance(session.get("audio"), dict) else {}
-    for side, beta_key in ((0, "input_audio_format"), (1, "output_audio_format")):
-        ga = (audio.get("input" if side == 0 else "output") or {}).get("format") if isinstance(audio, dict) else None
-        fmt = session.get(beta_key) or (ga.get("type") if isinstance(ga, dict) else None)
-        if isinstance(fmt, str) and fmt in BYTES_PER_MS:
-            current[side] = fmt
+    headers = header.get("request_headers")
+    subprotocols = header.get("subprotocols")
+    url = header.get("url")
+    return events.dialect(
+        url if isinstance(url, str) else None,
+        headers if isinstance(headers, list) else (),
+        subprotocols if isinstance(subprotocols, list) else (),
+    )
 
 
 def _started_at(header: dict[str, Any] | None) -> dt.datetime | None:
@@ -181,12 +164,15 @@ def _read_job(path: Path, start: int, base: dict[str, Any] | None) -> _Read | Ca
     except (CaptureError, OSError) as e:
         return e if isinstance(e, CaptureError) else CaptureError(f"cannot read {path}: {e}")
     header = cols.header if base is None else None
-    formats = ["pcm16", "pcm16"] if base is None else [base["format_in"], base["format_out"]]
+    formats = events.AudioFormats() if base is None else events.AudioFormats(base["format_in"], base["format_out"])
     audio_ms: list[float | None] = []
+    sides = (events.SENT, events.RECEIVED)
     for payload, direction, audio in zip(cols.payload, cols.direction, cols.audio_bytes, strict=True):
-        if payload is not None and '"session.' in payload[:64]:
-            follow_formats(payload, formats)
-        audio_ms.append(audio / BYTES_PER_MS[formats[direction]] if audio else None)
+        if payload is not None and events.mentions_session(payload):
+            event = events.parse(payload)
+            if event is not None:
+                formats.follow(event)
+        audio_ms.append(formats.ms(audio, sides[direction]) if audio else None)
     return _Read(
         header=header,
         end=cols.end,
@@ -198,7 +184,7 @@ def _read_job(path: Path, start: int, base: dict[str, Any] | None) -> _Read | Ca
         started=_started_at(header) if base is None else base["started_at"],
         messages=len(cols.seq),
         last_t_ns=cols.t_ns[-1] if cols.t_ns else None,
-        formats=formats,
+        formats=[formats.of(events.SENT), formats.of(events.RECEIVED)],
         size=stat.st_size,
         mtime_ns=stat.st_mtime_ns,
         ino=stat.st_ino,
@@ -225,7 +211,7 @@ def _tables(read: _Read) -> list[pa.Table]:
                     "t_ns": t_ns,
                     "ts": pc.add(pc.divide(t_ns, 1000), base_us).cast(pa.timestamp("us", tz="UTC")),
                     "direction": pa.array(
-                        ["sent" if d == 0 else "received" for d in cols.direction[lo:hi]]
+                        [events.SENT if d == 0 else events.RECEIVED for d in cols.direction[lo:hi]]
                     ).dictionary_encode(),
                     "is_text": pa.array(cols.text[lo:hi], pa.bool_()),
                     "bytes": pa.array(cols.wire_bytes[lo:hi], pa.int64()),
@@ -422,7 +408,7 @@ class Index:
         """Parse the queued messages' payloads in one DuckDB query and write one segment."""
         if not self._pending:
             return
-        from .views import extract_fields
+        from .db import extract_fields
 
         merged = extract_fields(pa.concat_tables([table for _, table in self._pending]), self._duckdb())
         name = f"seg-{time.time_ns():x}-{os.getpid()}.parquet"
@@ -434,33 +420,26 @@ class Index:
 
     def _duckdb(self) -> Any:
         if self._db is None:
-            from .views import connect
+            from .db import connect
 
             self._db = connect()
         return self._db
 
     def _drop(self, row: dict[str, Any]) -> None:
         """Remove a capture's messages from the segments that hold them."""
+        import pyarrow.compute as pc
+
         for name in row["segments"]:
             path = self.events_dir / name
             if not path.exists():
                 continue
-            source = f"read_parquet('{path}')"
-            left = (
-                self._duckdb().execute(f"SELECT count(*) FROM {source} WHERE key <> ?", [row["key"]]).fetchall()[0][0]
-            )
-            if left == 0:
+            table = pq.read_table(path)
+            kept = table.filter(pc.not_equal(table["key"], row["key"]))
+            if kept.num_rows == 0:
                 path.unlink()
-                continue
-            self._copy(f"SELECT * FROM {source} WHERE key <> ?", [row["key"]], path)
+            elif kept.num_rows < table.num_rows:
+                _atomic_parquet(kept, path)
         row["segments"] = []
-
-    def _copy(self, select: str, params: list[Any], path: Path) -> None:
-        """Write a query's rows to ``path`` as Parquet, atomically (as ``_atomic_parquet``)."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-        self._duckdb().execute(f"COPY ({select}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", params).fetchall()
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
 
     def _compact(self, rows: Any) -> None:
         """Merge small segments (left by many small updates) into one."""
@@ -470,8 +449,9 @@ class Index:
         if len(small) <= SMALL_SEGMENTS:
             return
         name = f"seg-{time.time_ns():x}-{os.getpid()}.parquet"
-        sources = [str(self.events_dir / n) for n in small]
-        self._copy(f"SELECT * FROM read_parquet({sources!r})", [], self.events_dir / name)
+        # Fewer than SMALL_SEGMENTS * PART_ROWS / 4 rows at a time: memory stays bounded.
+        merged_table = pa.concat_tables([pq.read_table(self.events_dir / n) for n in small], promote_options="default")
+        _atomic_parquet(merged_table, self.events_dir / name)
         merged = set(small)
         for row in rows:
             if merged & set(row["segments"]):

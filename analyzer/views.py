@@ -17,48 +17,16 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from recorder import events
+
+from .db import connect, in_list, json_path
 from .index import MANIFEST_SCHEMA, Index, UpdateReport
 
 READING = {"SELECT", "EXPLAIN"}
-SERVER_ERROR_TYPES = (
-    "server_error",
-    "service_unavailable",
-    "service_unavailable_error",
-    "inference_service_unavailable_error",
-    "internal_error",
-    "internal_server_error",
-    "overloaded_error",
-    "api_error",
-)
-"""Error types and codes of the ``server`` class of failures (the rest of errors: ``client``)."""
 
 
 class QueryError(Exception):
     """A query DuckDB rejected, or one that tries to write; the message is one line."""
-
-
-def extract_fields(table: pa.Table, con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
-    """Add the event columns parsed from each JSON payload (in DuckDB, not per row in Python)."""
-    con = con or connect()
-    raw = table  # noqa: F841 - found by DuckDB's replacement scan below
-    return con.sql(
-        """
-        WITH parsed AS (
-            SELECT *, CASE WHEN is_text AND json_valid(payload) AND left(ltrim(payload), 1) = '{'
-                           THEN payload::JSON END AS j
-            FROM raw
-        )
-        SELECT session_id, seq, t_ns, ts, direction,
-               j->>'type' AS type,
-               j->>'event_id' AS event_id,
-               coalesce(j->>'response_id', j->'response'->>'id') AS response_id,
-               coalesce(j->>'item_id', j->'item'->>'id',
-                        CASE WHEN direction = 'sent' THEN j->>'previous_item_id' END) AS item_id,
-               bytes, audio_bytes, audio_ms, redacted,
-               CASE WHEN j IS NOT NULL THEN payload END AS payload, key
-        FROM parsed
-        """
-    ).to_arrow_table()
 
 
 _EMPTY_EVENTS = """
@@ -70,7 +38,15 @@ _EMPTY_EVENTS = """
     WHERE false
 """
 
-_VIEWS = """
+
+def _error(field: str, path: tuple[str, ...]) -> str:
+    return json_path("e.payload::JSON", (*path, field))
+
+
+# Every protocol rule in these views comes from recorder.events: the event names, JSON
+# paths and lists are generated from its constants, and classes and abnormal closes are
+# its functions, registered as SQL functions by analyzer.db.
+_VIEWS = f"""
 CREATE TEMP VIEW events AS
 SELECT session_id, seq, t_ns / 1e9 AS t_s, ts, direction, type, event_id, response_id, item_id,
        bytes, audio_ms, redacted, payload::JSON AS payload
@@ -79,20 +55,21 @@ FROM _events;
 CREATE TEMP VIEW responses AS
 WITH created AS (
     SELECT session_id, response_id, min(seq) AS created_seq, min(t_ns) / 1e9 AS created_t_s
-    FROM _events WHERE type = 'response.created' AND response_id IS NOT NULL GROUP BY ALL
+    FROM _events WHERE type = '{events.RESPONSE_STARTED}' AND response_id IS NOT NULL GROUP BY ALL
 ), done AS (
     SELECT session_id, response_id, min(seq) AS done_seq, min(t_ns) / 1e9 AS done_t_s,
-           any_value(payload::JSON->'response'->>'status') AS status,
-           any_value(payload::JSON->'response'->'status_details'->'error'->>'type') AS error_type,
+           any_value({json_path("payload::JSON", events.RESPONSE_STATUS_PATH)}) AS status,
+           any_value({json_path("payload::JSON", (*events.RESPONSE_ERROR_PATH, "type"))}) AS error_type,
            any_value(TRY_CAST(payload::JSON->'response'->'usage'->>'input_tokens' AS BIGINT)) AS input_tokens,
            any_value(TRY_CAST(payload::JSON->'response'->'usage'->>'output_tokens' AS BIGINT)) AS output_tokens
-    FROM _events WHERE type = 'response.done' AND response_id IS NOT NULL GROUP BY ALL
+    FROM _events WHERE type = '{events.RESPONSE_DONE}' AND response_id IS NOT NULL GROUP BY ALL
 ), audio AS (
     SELECT session_id, response_id, sum(audio_ms) AS audio_out_ms
-    FROM _events WHERE direction = 'received' AND audio_ms IS NOT NULL AND response_id IS NOT NULL GROUP BY ALL
+    FROM _events WHERE direction = '{events.RECEIVED}' AND audio_ms IS NOT NULL AND response_id IS NOT NULL
+    GROUP BY ALL
 )
 SELECT session_id, response_id, c.created_seq, d.done_seq, c.created_t_s, d.done_t_s,
-       coalesce(d.status, CASE WHEN m.state = 'open' THEN 'in_progress' ELSE 'dropped' END) AS status,
+       coalesce(d.status, CASE WHEN m.state = 'open' THEN 'in_progress' ELSE '{events.DROPPED}' END) AS status,
        d.error_type, d.input_tokens, d.output_tokens, coalesce(a.audio_out_ms, 0) AS audio_out_ms
 FROM created c FULL JOIN done d USING (session_id, response_id)
 LEFT JOIN audio a USING (session_id, response_id)
@@ -100,36 +77,33 @@ LEFT JOIN _manifest m USING (session_id);
 
 CREATE TEMP VIEW failures AS
 WITH errors AS (
-    SELECT e.session_id, e.seq, e.t_ns / 1e9 AS t_s, 'error' AS source,
-           e.payload::JSON->'error'->>'type' AS error_type,
-           e.payload::JSON->'error'->>'code' AS code,
-           e.payload::JSON->'error'->>'message' AS message,
+    SELECT e.session_id, e.seq, e.t_ns / 1e9 AS t_s, '{events.ERROR}' AS source,
+           {_error("type", events.ERROR_PATH)} AS error_type,
+           {_error("code", events.ERROR_PATH)} AS code,
+           {_error("message", events.ERROR_PATH)} AS message,
+           -- the response in progress: the latest started and not yet done
            arg_max(r.response_id, r.created_seq) AS response_id
     FROM _events e
     LEFT JOIN responses r ON r.session_id = e.session_id AND r.created_seq < e.seq
                          AND coalesce(r.done_seq, 9223372036854775807) > e.seq
-    WHERE e.type = 'error'
+    WHERE e.type = '{events.ERROR}'
     GROUP BY e.session_id, e.seq, e.t_ns, e.payload
 ), failed AS (
-    SELECT r.session_id, r.done_seq AS seq, r.done_t_s AS t_s, 'response.done' AS source,
-           coalesce(e.payload::JSON->'response'->'status_details'->'error'->>'type', 'unknown') AS error_type,
-           e.payload::JSON->'response'->'status_details'->'error'->>'code' AS code,
-           e.payload::JSON->'response'->'status_details'->'error'->>'message' AS message,
+    SELECT r.session_id, r.done_seq AS seq, r.done_t_s AS t_s, '{events.RESPONSE_DONE}' AS source,
+           coalesce({_error("type", events.RESPONSE_ERROR_PATH)}, '{events.UNKNOWN_ERROR}') AS error_type,
+           {_error("code", events.RESPONSE_ERROR_PATH)} AS code,
+           {_error("message", events.RESPONSE_ERROR_PATH)} AS message,
            r.response_id
     FROM responses r JOIN _events e ON e.session_id = r.session_id AND e.seq = r.done_seq
-    WHERE r.status = 'failed'
+    WHERE r.status = '{events.FAILED}'
 ), dropped AS (
     SELECT r.session_id, NULL::BIGINT AS seq, coalesce(m.end_t_ns, m.last_t_ns) / 1e9 AS t_s, 'close' AS source,
-           'connection_closed' AS error_type, CAST(m.close_code AS VARCHAR) AS code,
-           coalesce(m.end_error, 'connection ended during a response') AS message, r.response_id
+           '{events.CONNECTION_CLOSED}' AS error_type, CAST(m.close_code AS VARCHAR) AS code,
+           coalesce(m.end_error, '{events.DROPPED_MESSAGE}') AS message, r.response_id
     FROM responses r JOIN _manifest m USING (session_id)
-    WHERE r.status = 'dropped' AND m.end_t_ns IS NOT NULL
-      AND (m.close_code IS NULL OR m.close_code NOT IN (1000, 1001, 1005))
+    WHERE r.status = '{events.DROPPED}' AND m.end_t_ns IS NOT NULL AND rtcap_abnormal_close(m.close_code)
 )
-SELECT session_id, seq, t_s,
-       CASE WHEN source = 'close' THEN 'connection'
-            WHEN error_type IN ({server}) OR code IN ({server}) THEN 'server'
-            ELSE 'client' END AS class,
+SELECT session_id, seq, t_s, rtcap_failure_class(source, error_type, code) AS class,
        source, error_type, code, message, response_id
 FROM (SELECT * FROM errors UNION ALL SELECT * FROM failed UNION ALL SELECT * FROM dropped);
 
@@ -141,11 +115,11 @@ WITH created AS (
            any_value(TRY_CAST(payload::JSON->'session'->>'expires_at' AS BIGINT)) AS expires
     FROM _events WHERE type = 'session.created' GROUP BY ALL
 ), counts AS (
-    SELECT session_id, count(*) AS messages, count(*) FILTER (WHERE direction = 'sent') AS sent,
-           count(*) FILTER (WHERE direction = 'received') AS received, sum(bytes) AS bytes
+    SELECT session_id, count(*) AS messages, count(*) FILTER (WHERE direction = '{events.SENT}') AS sent,
+           count(*) FILTER (WHERE direction = '{events.RECEIVED}') AS received, sum(bytes) AS bytes
     FROM _events GROUP BY ALL
 ), fails AS (
-    SELECT session_id, count(*) FILTER (WHERE class IN ('server', 'connection')) AS failures
+    SELECT session_id, count(*) FILTER (WHERE class IN {in_list(events.COUNTED_CLASSES)}) AS failures
     FROM failures GROUP BY ALL
 )
 SELECT m.session_id, c.server_session_id, m.file, m.state, m.started_at,
@@ -162,20 +136,7 @@ FROM _manifest m
 LEFT JOIN created c USING (session_id)
 LEFT JOIN counts k USING (session_id)
 LEFT JOIN fails f USING (session_id);
-""".replace("{server}", ", ".join(f"'{t}'" for t in SERVER_ERROR_TYPES))
-
-
-def connect() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection within ``RTCAP_MEMORY_LIMIT``, with no progress bar
-    (DuckDB would print it into the command's output)."""
-    con = duckdb.connect(config={"memory_limit": memory_limit()})
-    con.execute("SET enable_progress_bar = false")
-    return con
-
-
-def memory_limit() -> str:
-    """DuckDB's memory limit: ``$RTCAP_MEMORY_LIMIT`` (e.g. ``2GB``), else 1GB."""
-    return os.environ.get("RTCAP_MEMORY_LIMIT") or "1GB"
+"""
 
 
 class Captures:
@@ -187,13 +148,14 @@ class Captures:
         self.index = Index(Path(root))
         self.report = self.index.update(progress) if update else UpdateReport()
         self.con = connect()
+        # Paths reach DuckDB as values of a relation, never pasted into SQL text.
         parts = [str(p) for p in self.index.part_files()]
         if parts:
-            self.con.execute(f"CREATE TEMP VIEW _events AS SELECT * FROM read_parquet({parts!r})")
+            self.con.read_parquet(parts).create_view("_events")
         else:
             self.con.execute(f"CREATE TEMP VIEW _events AS {_EMPTY_EVENTS}")
         if self.index.manifest_path.exists():
-            self.con.execute(f"CREATE TEMP VIEW _manifest AS SELECT * FROM read_parquet('{self.index.manifest_path}')")
+            self.con.read_parquet(str(self.index.manifest_path)).create_view("_manifest")
         else:
             self.con.register("_manifest", pa.Table.from_pylist([], schema=MANIFEST_SCHEMA))
         self.con.execute(_VIEWS)

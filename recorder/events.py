@@ -347,6 +347,9 @@ CONNECTION_CLOSED = "connection_closed"
 """The error type of a connection that ended abnormally during a response."""
 UNKNOWN_ERROR = "unknown"
 """The error type of a failed response that names none."""
+DROPPED = "dropped"
+"""The status of a response whose connection ended before its ``response.done``."""
+DROPPED_MESSAGE = "connection ended during a response"
 
 ERROR_PATH = ("error",)
 """Where an ``error`` event keeps its error object."""
@@ -355,6 +358,8 @@ RESPONSE_ERROR_PATH = ("response", "status_details", "error")
 RESPONSE_STATUS_PATH = ("response", "status")
 SOURCES = (ERROR, RESPONSE_DONE, "close")
 CLASSES = ("server", "client", "connection")
+COUNTED_CLASSES = ("server", "connection")
+"""The classes that make a session ``failed`` (a client's own mistake does not)."""
 FAILURE_KINDS = ("any", "server")
 """The ``--failure`` words that are not an error type or code."""
 
@@ -495,7 +500,7 @@ class FailureTracker:
             "close",
             CONNECTION_CLOSED,
             None if code is None else str(code),
-            error or "connection ended during a response",
+            error or DROPPED_MESSAGE,
             None if current.startswith("#") else current,
             self.active[current],
         )

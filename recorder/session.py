@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import __version__
+from . import __version__, events
 from .capture import (
     AUDIO_DROPPED,
     BINARY,
-    RECEIVED,
     REDACTED,
     SENT,
     TEXT,
@@ -32,6 +31,9 @@ from .capture import (
     end_record,
     header_record,
     message_record,
+)
+from .capture import (
+    RECEIVED as RECEIVED,
 )
 from .redact import Redactor, Scrubber, redact_tools
 
@@ -45,14 +47,8 @@ _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 # The event type, when it is the first key (as servers and the SDK write it).
 _HEAD_TYPE = re.compile(rb'\{\s*"type"\s*:\s*"([A-Za-z0-9_.]{1,128})"')
 _DELTA_KEY = re.compile(rb'"delta"\s*:\s*"')
-_AUDIO_KEYS = {
-    b"input_audio_buffer.append": re.compile(rb'"audio"\s*:\s*"'),
-    b"response.output_audio.delta": _DELTA_KEY,
-    b"response.audio.delta": _DELTA_KEY,
-}
-
-# Silence for each audio format, as a byte to repeat (PCM16 silence is zeros).
-_SILENCE = {"g711_ulaw": 0xFF, "audio/pcmu": 0xFF, "g711_alaw": 0xD5, "audio/pcma": 0xD5}
+_APPEND = events.AUDIO_APPEND.encode()
+_APPEND_KEY = re.compile(rb'"audio"\s*:\s*"')
 
 
 def new_session_id(now: dt.datetime | None = None) -> str:
@@ -153,7 +149,7 @@ class SessionRecorder:
         self.t0_ns: int | None = None
         self.incomplete: str | None = None
         self.closed = False
-        self._silence = {SENT: 0, RECEIVED: 0}
+        self._formats = events.AudioFormats()
 
     @classmethod
     def create(cls, captures: Path, **fields: Any) -> SessionRecorder:
@@ -268,7 +264,7 @@ class SessionRecorder:
         kind = head.group(1)
         # The hot path: a delta whose type comes first is cut without parsing. Anything
         # that may hold tools, items or the session's audio format is parsed whole.
-        key = _AUDIO_KEYS.get(kind) or (_DELTA_KEY if kind.endswith(b"audio.delta") else None)
+        key = _APPEND_KEY if kind == _APPEND else _DELTA_KEY if events.is_audio_delta(kind.decode()) else None
         if key is None:
             if kind.startswith(b"session.") or b'"tools"' in data or b'"item"' in data:
                 return self._parsed(direction, data)
@@ -289,10 +285,10 @@ class SessionRecorder:
             return self._cut(direction, data, [(start, end)], redacted=False)
         if self.audio:
             return payload, [[start, raw]], 0
-        return payload, [[start, len(raw), self._silence[direction]]], AUDIO_DROPPED
+        return payload, [[start, len(raw), self._silence(direction)]], AUDIO_DROPPED
 
     def _parsed(self, direction: int, data: bytes) -> tuple[bytes, list[list[Any]] | None, int]:
-        obj = _json_object(data)
+        obj = events.parse(data)
         if obj is None:
             return self._cut(direction, data, [], redacted=False)
         redacted = False
@@ -302,7 +298,7 @@ class SessionRecorder:
         self._track_format(direction, obj)
         spans = []
         start = 0
-        for value in _audio_strings(obj):
+        for value in events.audio_strings(obj):
             offset = _find_string(data, value.encode(), start)
             if offset >= 0:
                 start = offset + len(value)
@@ -337,25 +333,17 @@ class SessionRecorder:
                 if self.audio:
                     splices.append([len(payload), audio[n]])
                 else:
-                    splices.append([len(payload), len(audio[n]), self._silence[direction]])
+                    splices.append([len(payload), len(audio[n]), self._silence(direction)])
         flags = (REDACTED if redacted else 0) | (AUDIO_DROPPED if splices and not self.audio else 0)
         return bytes(payload), splices or None, flags
 
     def _track_format(self, direction: int, obj: dict[str, Any]) -> None:
         """Follow the session's audio formats, to store the right silence for ``--no-audio``."""
-        if self.audio or obj.get("type") not in ("session.created", "session.updated", "session.update"):
-            return
-        session = obj.get("session")
-        if not isinstance(session, dict):
-            return
-        formats = {
-            SENT: [session.get("input_audio_format"), _dig(session, "audio", "input", "format", "type")],
-            RECEIVED: [session.get("output_audio_format"), _dig(session, "audio", "output", "format", "type")],
-        }
-        for side, found in formats.items():
-            for fmt in found:
-                if isinstance(fmt, str):
-                    self._silence[side] = _SILENCE.get(fmt, 0)
+        if not self.audio:
+            self._formats.follow(obj)
+
+    def _silence(self, direction: int) -> int:
+        return self._formats.silence(events.SENT if direction == SENT else events.RECEIVED)
 
 
 def who_closed(protocol: Any, *, peer: str, local: str) -> tuple[str, int, str]:
@@ -369,34 +357,6 @@ def who_closed(protocol: Any, *, peer: str, local: str) -> tuple[str, int, str]:
     return peer, 1006, ""
 
 
-def _dig(obj: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(key)
-    return obj
-
-
-def _audio_strings(obj: dict[str, Any]) -> list[str]:
-    """The base64 audio strings of an event, in the order they appear in its text."""
-    kind = obj.get("type")
-    found: list[str] = []
-    if kind == "input_audio_buffer.append":
-        value = obj.get("audio")
-        if isinstance(value, str) and value:
-            found.append(value)
-    elif isinstance(kind, str) and kind.endswith("audio.delta"):
-        value = obj.get("delta")
-        if isinstance(value, str) and value:
-            found.append(value)
-    item = obj.get("item")
-    if isinstance(item, dict) and isinstance(item.get("content"), list):
-        for part in item["content"]:
-            if isinstance(part, dict) and isinstance(part.get("audio"), str) and part["audio"]:
-                found.append(part["audio"])
-    return found
-
-
 def _find_string(data: bytes, value: bytes, start: int) -> int:
     """Where JSON string ``value`` stands unescaped in ``data`` (after its opening quote),
     or -1. Searching for a short head, then checking the rest, is much faster than
@@ -408,17 +368,6 @@ def _find_string(data: bytes, value: bytes, start: int) -> int:
             return offset + 1
         offset = data.find(head, offset + 1)
     return -1
-
-
-def _json_object(data: bytes) -> dict[str, Any] | None:
-    """The JSON object a text message holds, or ``None``."""
-    if data[:1] != b"{":
-        return None
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _decode_exact(value: bytes) -> bytes | None:

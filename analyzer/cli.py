@@ -362,8 +362,8 @@ def simulate(
     """
     import asyncio
 
-    from analyzer.faults import RuleError, parse_rules
-    from analyzer.simulator import Simulator, run_simulator
+    from analyzer.sim.faults import RuleError, parse_rules
+    from analyzer.sim.simulator import Simulator, run_simulator
     from recorder.proxy import parse_listen
 
     try:

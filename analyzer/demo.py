@@ -20,12 +20,12 @@ from typing import Any
 
 import recorder
 
-from . import traffic
 from .doctor import diagnose
 from .precursors import analyse
 from .replay import run as replay
 from .report import build as build_report
-from .simulator import RunningSimulator, Simulator
+from .sim import traffic
+from .sim.simulator import RunningSimulator, Simulator
 from .views import Captures, open_captures
 
 PLANTED = "fail field=response.create:response.tool_choice.type=function p=0.85"

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .faults import busiest_second
+from recorder.events import busiest_second
+
 from .views import Captures
 
 SIGNIFICANT = 0.001

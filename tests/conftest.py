@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from analyzer.simulator import RunningSimulator, Simulator
+from analyzer.sim.simulator import RunningSimulator, Simulator
 from recorder.proxy import RecordingProxy, run_proxy
 from recorder.redact import Redactor
 from recorder.serving import ServerThread

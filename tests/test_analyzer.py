@@ -41,7 +41,7 @@ def until_done(ws) -> None:
 def corpus(tmp_path_factory):
     """Five sessions through the proxy: completed, failed, errored, dropped, G.711.
     Returns (capture root, the simulator's logs in session order)."""
-    from analyzer.simulator import RunningSimulator, Simulator
+    from analyzer.sim.simulator import RunningSimulator, Simulator
 
     root = tmp_path_factory.mktemp("corpus") / "captures"
     rules = [

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from analyzer.cli import cli
 from analyzer.doctor import diagnose
 from analyzer.precursors import analyse, fisher_greater, holm
-from analyzer.traffic import record
+from analyzer.sim.traffic import record
 from analyzer.views import open_captures
 from recorder.capture import CaptureWriter
 from recorder.session import RECEIVED, SENT, SessionRecorder, capture_path, new_session_id

@@ -16,9 +16,9 @@ from pydantic import TypeAdapter
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from analyzer.faults import ClientEvent, Context, RuleError, parse_rule
-from analyzer.simsession import MS_PER_CHAR, Send, SimSession, Stall, StartResponse
-from analyzer.simulator import running
+from analyzer.sim.faults import ClientEvent, Context, RuleError, parse_rule
+from analyzer.sim.simsession import MS_PER_CHAR, Send, SimSession, Stall, StartResponse
+from analyzer.sim.simulator import running
 
 VALIDATORS = {"ga": TypeAdapter(RealtimeServerEvent), "beta": TypeAdapter(BetaServerEvent)}
 TOOLS = [

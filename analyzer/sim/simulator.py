@@ -1,8 +1,8 @@
 """``rtcap simulate``: a realtime server to test against, with faults on demand.
 
 A real WebSocket server (websockets) that speaks the OpenAI and Azure realtime protocols
-(see :mod:`analyzer.simsession` for what a session does) and fails in the ways real
-servers do when fault rules (:mod:`analyzer.faults`) say so. Runs are reproducible: each
+(see :mod:`analyzer.sim.simsession` for what a session does) and fails in the ways real
+servers do when fault rules (:mod:`analyzer.sim.faults`) say so. Runs are reproducible: each
 session's random generator is seeded from ``seed`` and the session's number.
 
 For tests, :func:`running` starts one on port 0 in a thread of its own.

@@ -43,6 +43,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from recorder.events import busiest_second
+
 EFFECTS = ("fail", "error", "drop", "close", "stall", "ratelimit")
 _NUMERIC = re.compile(r"^(audio_ms|rate|age|tokens)>(\d+(?:\.\d+)?)$")
 
@@ -175,13 +177,3 @@ def _field(event: dict[str, Any] | None, path: str) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def busiest_second(times: Sequence[float]) -> int:
-    """The most events inside any one-second span of ``times`` (seconds, ascending)."""
-    best = start = 0
-    for end in range(len(times)):
-        while times[end] - times[start] > 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best

@@ -3,7 +3,7 @@
 :class:`SimSession` keeps the conversation, the input audio buffer, voice activity
 detection and the session config, and answers each client event with a list of steps
 (events to send, or a response to start). A response is a generator of steps with their
-pacing delays, so the server loop (``analyzer.simulator``) is only a clock and a socket.
+pacing delays, so the server loop (``analyzer.sim.simulator``) is only a clock and a socket.
 Both dialects are spoken: GA by default, beta (``OpenAI-Beta: realtime=v1``) on request.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..g711 import BYTES_PER_MS, DECODE, pcm16_samples
 from .faults import ClientEvent, Context, Rule
-from .g711 import BYTES_PER_MS, DECODE, pcm16_samples
 
 SAMPLE_RATE = 24_000
 GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}

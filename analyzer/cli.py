@@ -654,7 +654,7 @@ def replay(
     Example:
       rtcap replay 20261126T0016015 --to ws://127.0.0.1:8766 --repeat 5 --pace asap
     """
-    from analyzer.replay import run
+    from analyzer.reproduce.replay import run
     from recorder.capture import CaptureError, read_capture
 
     for header in headers:
@@ -709,7 +709,7 @@ def serve(session: str, listen: str, speed: float, record: bool, captures: Path)
     """
     import asyncio
 
-    from analyzer.serve import Player, run_player
+    from analyzer.reproduce.serve import Player, run_player
     from recorder.capture import CaptureError, read_capture
     from recorder.proxy import parse_listen
 

@@ -22,7 +22,7 @@ import recorder
 
 from .doctor import diagnose
 from .precursors import analyse
-from .replay import run as replay
+from .reproduce.replay import run as replay
 from .report import build as build_report
 from .sim import traffic
 from .sim.simulator import RunningSimulator, Simulator

@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 from analyzer.cli import cli
 from analyzer.locate import capture_files
-from analyzer.replay import IdMap, plan, run
+from analyzer.reproduce.replay import IdMap, plan, run
 from analyzer.views import open_captures
 from recorder.capture import CaptureWriter, read_capture
 from recorder.proxy import RecordingProxy
@@ -147,7 +147,7 @@ def record_failing_pair(simulator_url: str, root: Path) -> Path:
 
 
 def test_the_openai_sdk_gets_exactly_the_recorded_server_from_rtcap_serve(start_simulator, tmp_path: Path) -> None:
-    from analyzer.serve import Player, run_player
+    from analyzer.reproduce.serve import Player, run_player
     from recorder.serving import ServerThread
 
     path = record_failing_pair(start_simulator("fail nth=2").url, tmp_path / "captures")

@@ -20,11 +20,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from recorder.capture import RECEIVED, SENT, Capture, Message
+from recorder.events import SERVER_ERROR_TYPES
 from recorder.proxy import HOP_HEADERS as PROXY_HOP_HEADERS
 from recorder.redact import REDACTED, SECRET_SUBPROTOCOL_PREFIXES
 from recorder.session import SessionRecorder, now_ns, who_closed
-
-from .views import SERVER_ERROR_TYPES
 
 # The proxy's hop-by-hop headers, and the recorded client's User-Agent: a replay is
 # rtcap talking, not the app.

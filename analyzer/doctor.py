@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections import defaultdict
 from typing import Any
 
-from .precursors import EXCLUDED_RECORDERS
-from .views import Captures
+from recorder import events
+
+from .views import REPLAY_RECORDERS, Captures
 
 MAX_APPEND_BYTES = 15 * 1024 * 1024
 ADVICE = {
@@ -33,7 +33,8 @@ ADVICE = {
     "retries": "Retry a failed response with exponential backoff, not at once.",
     "reconnects": "Reconnect with backoff after an abnormal close, and find out why it closed.",
 }
-FORMAT_BYTES = {"pcm16": 2, "audio/pcm": 2}
+PCM16_FORMATS = [fmt for fmt in events.BYTES_PER_MS if fmt not in events.SILENCE_BYTE]
+"""The formats whose samples are 16 bits (the G.711 ones are 8)."""
 
 
 def _row(session: str, check: str, status: str, evidence: str) -> dict[str, str]:
@@ -46,88 +47,102 @@ def _row(session: str, check: str, status: str, evidence: str) -> dict[str, str]
     }
 
 
+_PAYLOAD_TYPES = ("rate_limits.updated", events.ERROR)
+"""Server events whose payload a check reads (``session.*`` ones too)."""
+
+
 def diagnose(captures: Captures, session_id: str | None = None, include_replays: bool = False) -> list[dict[str, str]]:
     """Checklist rows for one session, or for every session when ``session_id`` is None."""
-    con = captures.con
-    where = "true" if include_replays or session_id else f"coalesce(recorder, '') NOT IN {EXCLUDED_RECORDERS!r}"
     params: list[Any] = []
     if session_id:
-        where += " AND session_id = ?"
+        where = "session_id = ?"
         params.append(session_id)
-    sessions = con.execute(
-        "SELECT session_id, started_at, ended_at, expires_at, labels, close_code, state "
-        f"FROM sessions WHERE {where} ORDER BY started_at",
-        params,
-    ).fetchall()
-    ids = [s[0] for s in sessions]
-    if not ids:
+    elif include_replays:
+        where = "true"
+    else:
+        where = "coalesce(recorder, '') NOT IN (SELECT unnest(?::VARCHAR[]))"
+        params.append(list(REPLAY_RECORDERS))
+    chosen = f"SELECT session_id FROM sessions WHERE {where}"
+    sessions = [
+        tuple(row.values())
+        for row in captures.sql(
+            "SELECT session_id, started_at, ended_at, expires_at, labels, close_code, state "
+            f"FROM sessions WHERE {where} ORDER BY started_at",
+            params,
+        ).to_pylist()
+    ]
+    if not sessions:
         return []
-    con.execute("DROP TABLE IF EXISTS _doctor_sessions")
-    con.execute("CREATE TEMP TABLE _doctor_sessions AS SELECT unnest(?::VARCHAR[]) AS session_id", [ids])
-    events = defaultdict(list)
-    for row in con.execute(
-        """
-        SELECT e.session_id, e.seq, e.t_ns / 1e9, e.audio_bytes, e.direction, e.type, e.bytes, e.audio_ms,
-               CASE WHEN e.type LIKE 'session.%' OR e.type IN ('rate_limits.updated', 'error')
-                         OR (e.type = 'input_audio_buffer.append' AND e.audio_ms IS NULL)
-                    THEN e.payload END AS payload
-        FROM _events e JOIN _doctor_sessions USING (session_id)
-        WHERE e.direction = 'sent' OR e.type IN ('session.created', 'session.updated', 'rate_limits.updated', 'error')
-        ORDER BY e.session_id, e.seq
-        """
-    ).fetchall():
-        events[row[0]].append(row[1:])
-    tokens = dict(
-        con.execute(
-            "SELECT session_id, max(input_tokens) FROM responses JOIN _doctor_sessions USING (session_id) GROUP BY ALL"
-        ).fetchall()
-    )
+    server_types = [*events.SESSION_EVENTS, *_PAYLOAD_TYPES]
+    rows = captures.sql(
+        f"""
+        SELECT session_id, seq, t_s, direction, type, bytes, audio_ms,
+               CASE WHEN type LIKE 'session.%' OR type IN (SELECT unnest(?::VARCHAR[]))
+                         OR (type = ? AND audio_ms IS NULL)
+                    THEN payload::VARCHAR END AS payload
+        FROM events
+        WHERE session_id IN ({chosen}) AND (direction = ? OR type IN (SELECT unnest(?::VARCHAR[])))
+        ORDER BY session_id, seq
+        """,
+        [list(_PAYLOAD_TYPES), events.AUDIO_APPEND, *params, events.SENT, server_types],
+    ).to_pylist()
+    by_session = defaultdict(list)
+    formats: dict[str, events.AudioFormats] = defaultdict(events.AudioFormats)
+    for row in rows:
+        sid, kind, payload = row["session_id"], row["type"], row["payload"]
+        event = events.parse(payload) if payload else None
+        if event is not None:
+            formats[sid].follow(event)
+        audio_bytes = 0
+        if row["audio_ms"]:
+            fmt = formats[sid].of(row["direction"])
+            audio_bytes = round(row["audio_ms"] * events.BYTES_PER_MS[fmt])
+        by_session[sid].append(
+            (row["seq"], row["t_s"], audio_bytes, row["direction"], kind, row["bytes"], row["audio_ms"], event)
+        )
+    tokens = {
+        row["session_id"]: row["tokens"]
+        for row in captures.sql(
+            "SELECT session_id, max(input_tokens) AS tokens FROM responses "
+            f"WHERE session_id IN ({chosen}) GROUP BY ALL",
+            params,
+        ).to_pylist()
+    }
     failures = defaultdict(list)
-    for sid, seq, t_s in con.execute(
-        "SELECT session_id, seq, t_s FROM failures JOIN _doctor_sessions USING (session_id) ORDER BY t_s"
-    ).fetchall():
-        failures[sid].append((seq, t_s))
+    for row in captures.sql(
+        f"SELECT session_id, seq, t_s FROM failures WHERE session_id IN ({chosen}) ORDER BY t_s", params
+    ).to_pylist():
+        failures[row["session_id"]].append((row["seq"], row["t_s"]))
     out: list[dict[str, str]] = []
     for sid, started, ended, expires, *_ in sessions:
-        rows = events[sid]
+        found = by_session[sid]
         out += [
-            _audio_format(sid, rows),
-            _chunk_size(sid, rows),
-            _base64(sid, rows),
-            _bursts(sid, rows),
+            _audio_format(sid, found),
+            _chunk_size(sid, found),
+            _base64(sid, found),
+            _bursts(sid, found),
             _prompt(sid, tokens.get(sid)),
-            _age(sid, started, ended, expires, rows),
-            _rate_limits(sid, rows),
-            _retries(sid, rows, failures[sid]),
+            _age(sid, started, ended, expires, found),
+            _rate_limits(sid, found),
+            _retries(sid, found, failures[sid]),
         ]
     out += _reconnects(sessions)
     return out
-
-
-def _formats(payload: str | None) -> tuple[str | None, str | None]:
-    try:
-        session = json.loads(payload or "{}").get("session") or {}
-    except (ValueError, AttributeError):
-        return None, None
-    audio = session.get("audio") if isinstance(session.get("audio"), dict) else {}
-    found = []
-    for side, key in (("input", "input_audio_format"), ("output", "output_audio_format")):
-        ga = ((audio.get(side) or {}).get("format") or {}) if isinstance(audio, dict) else {}
-        found.append(session.get(key) or (ga.get("type") if isinstance(ga, dict) else None))
-    return found[0], found[1]
 
 
 def _audio_format(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
     declared: list[str | None] = [None, None]
     confirmed: list[str | None] = [None, None]
     declared_seq = None
-    for seq, _, _, _, kind, _, _, payload in rows:
+    for seq, _, _, _, kind, _, _, event in rows:
+        if event is None:
+            continue
         if kind == "session.update":
-            for i, fmt in enumerate(_formats(payload)):
+            for i, fmt in enumerate(events.session_formats(event)):
                 if fmt:
                     declared[i], declared_seq = fmt, seq
-        elif kind in ("session.updated", "session.created"):
-            for i, fmt in enumerate(_formats(payload)):
+        elif kind in events.SESSION_EVENTS:
+            for i, fmt in enumerate(events.session_formats(event)):
                 if fmt:
                     confirmed[i] = fmt
     for side, (want, got) in enumerate(zip(declared, confirmed, strict=True)):
@@ -139,11 +154,11 @@ def _audio_format(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
                 "fail",
                 f"{name} format declared {want} (seq {declared_seq}) but the session says {got}",
             )
-    input_format = confirmed[0] or declared[0] or "pcm16"
+    input_format = confirmed[0] or declared[0] or events.DEFAULT_FORMAT
     odd = [
         seq
         for seq, _, audio_bytes, _, kind, _, _, _ in rows
-        if kind == "input_audio_buffer.append" and input_format in FORMAT_BYTES and audio_bytes % 2
+        if kind == events.AUDIO_APPEND and input_format in PCM16_FORMATS and audio_bytes % 2
     ]
     if odd:
         return _row(sid, "audio format", "fail", f"{len(odd)} PCM16 appends with an odd byte count (seq {_seqs(odd)})")
@@ -154,7 +169,7 @@ def _appends(rows: list[tuple[Any, ...]]) -> list[tuple[int, float, float, int]]
     return [
         (seq, t_s, audio_ms or 0.0, size)
         for seq, t_s, _, _, kind, size, audio_ms, _ in rows
-        if kind == "input_audio_buffer.append"
+        if kind == events.AUDIO_APPEND
     ]
 
 
@@ -186,11 +201,12 @@ def _chunk_size(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
 
 def _base64(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
     bad = []
-    for seq, _, _, _, kind, _, audio_ms, payload in rows:
-        if kind == "input_audio_buffer.append" and audio_ms is None and payload:
+    for seq, _, _, _, kind, _, audio_ms, event in rows:
+        if kind == events.AUDIO_APPEND and audio_ms is None and event is not None:
+            audio = event.get("audio")
             try:
-                base64.b64decode(json.loads(payload).get("audio") or "", validate=True)
-            except (binascii.Error, ValueError, AttributeError):
+                base64.b64decode(audio if isinstance(audio, str) else "", validate=True)
+            except (binascii.Error, ValueError):
                 bad.append(seq)
     if bad:
         return _row(sid, "base64", "fail", f"{len(bad)} appends whose audio is not valid base64 (seq {_seqs(bad)})")
@@ -226,11 +242,7 @@ def _prompt(sid: str, tokens: int | None) -> dict[str, str]:
 
 
 def _age(sid: str, started: Any, ended: Any, expires: Any, rows: list[tuple[Any, ...]]) -> dict[str, str]:
-    expired = [
-        seq
-        for seq, _, _, _, kind, _, _, payload in rows
-        if kind == "error" and payload and "session_expired" in payload
-    ]
+    expired = [seq for seq, _, _, _, _, _, _, event in rows if event is not None and _code(event) == "session_expired"]
     if expired:
         return _row(sid, "session age", "fail", f"session_expired at seq {expired[0]}")
     if started is None or ended is None or expires is None or expires <= started:
@@ -242,12 +254,18 @@ def _age(sid: str, started: Any, ended: Any, expires: Any, rows: list[tuple[Any,
     return _row(sid, "session age", status, f"used {used:.0%} of its maximum duration")
 
 
+def _code(event: dict[str, Any]) -> str | None:
+    fields = events.failure_fields(event)
+    return fields[2] if fields else None
+
+
 def _rate_limits(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
     lowest = None
-    for seq, _, _, _, kind, _, _, payload in rows:
-        if kind != "rate_limits.updated" or not payload:
+    for seq, _, _, _, kind, _, _, event in rows:
+        if kind != "rate_limits.updated" or event is None:
             continue
-        for limit in json.loads(payload).get("rate_limits") or []:
+        limits = event.get("rate_limits")
+        for limit in limits if isinstance(limits, list) else []:
             if isinstance(limit, dict) and limit.get("limit"):
                 share = limit.get("remaining", 0) / limit["limit"]
                 if lowest is None or share < lowest[0]:
@@ -279,7 +297,7 @@ def _reconnects(sessions: list[tuple[Any, ...]]) -> list[dict[str, str]]:
     for i, (sid, started, _, _, labels, _, _) in enumerate(ordered):
         quick = None
         for prev_sid, _, prev_end, _, prev_labels, prev_code, _ in ordered[:i]:
-            abnormal = prev_code is not None and prev_code not in (1000, 1001, 1005)
+            abnormal = prev_code is not None and events.abnormal_close(prev_code)
             if abnormal and prev_end is not None and started is not None and prev_labels == labels:
                 gap = (started - prev_end).total_seconds()
                 if 0 <= gap <= 5:

@@ -11,7 +11,6 @@ over all features tested, says which are more common before failures than chance
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -19,13 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from recorder.events import busiest_second
+from recorder import events as protocol
 
-from .views import Captures
+from .views import REPLAY_RECORDERS, Captures
 
 SIGNIFICANT = 0.001
 NEAR_IDENTICAL = 0.05  # features whose windows differ in at most 5% of them are merged
-EXCLUDED_RECORDERS = ("simulator", "serve", "replay")
 THRESHOLDS = {
     "audio_chunk_ms": (200, 500, 1000),
     "events_per_second": (10, 20, 50),
@@ -49,80 +47,103 @@ class Window:
     features: set[str] = dataclasses.field(default_factory=set)
 
 
-def _failure_filter(kind: str) -> tuple[str, dict[str, Any]]:
-    if kind == "any":
-        return "true", {}
-    if kind == "server":
-        return "f.class = 'server'", {}
-    return "(f.error_type = $kind OR f.code = $kind)", {"kind": kind}
-
-
 def windows(captures: Captures, failure: str, seconds: float, events: int, include_replays: bool) -> list[Window]:
     """Failure and control windows with their features."""
-    where, params = _failure_filter(failure)
-    recorders = "true" if include_replays else f"coalesce(s.recorder, '') NOT IN {EXCLUDED_RECORDERS!r}"
-    con = captures.con
-    con.execute("DROP TABLE IF EXISTS _windows")
-    con.execute(
-        f"""
-        CREATE TEMP TABLE _windows AS
-        WITH chosen AS (
-            SELECT f.session_id, f.seq AS fail_seq, f.t_s AS fail_t,
+    kept = "true" if include_replays else "coalesce(s.recorder, '') NOT IN (SELECT unnest(?::VARCHAR[]))"
+    kept_params: list[Any] = [] if include_replays else [list(REPLAY_RECORDERS)]
+    chosen = [
+        row
+        for row in captures.sql(
+            f"""
+            SELECT f.session_id, f.seq AS fail_seq, f.t_s AS fail_t, f.class, f.error_type, f.code,
                    coalesce(r.created_seq, f.seq) AS end_seq, coalesce(r.created_t_s, f.t_s) AS end_t
             FROM failures f JOIN sessions s USING (session_id)
             LEFT JOIN responses r ON r.session_id = f.session_id AND r.response_id = f.response_id
-            WHERE {where} AND {recorders}
-        ), failed AS (
-            SELECT DISTINCT session_id, end_seq, end_t, true AS failed FROM chosen WHERE end_seq IS NOT NULL
-        ), controls AS (
-            SELECT r.session_id, r.created_seq AS end_seq, r.created_t_s AS end_t, false AS failed
-            FROM responses r JOIN sessions s USING (session_id)
-            WHERE r.status = 'completed' AND r.created_seq IS NOT NULL AND {recorders}
-              -- A control window that holds a failure (or is one) is no control.
-              AND NOT EXISTS (
-                  SELECT 1 FROM chosen c WHERE c.session_id = r.session_id
-                     AND (c.end_seq = r.created_seq
-                          OR (c.fail_seq < r.created_seq AND c.fail_seq >= r.created_seq - $events
-                              AND c.fail_t >= r.created_t_s - $seconds)))
+            WHERE {kept}
+            """,
+            kept_params,
+        ).to_pylist()
+        if protocol.matches(failure, row["class"], row["error_type"], row["code"])
+    ]
+    ends: dict[tuple[str, int], float] = {}
+    for row in chosen:
+        if row["end_seq"] is not None:
+            ends.setdefault((row["session_id"], row["end_seq"]), row["end_t"])
+    by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in chosen:
+        by_session[row["session_id"]].append(row)
+
+    def holds_failure(session_id: str, end_seq: int, end_t: float) -> bool:
+        """A control window that holds a failure (or is one) is no control."""
+        return any(
+            c["end_seq"] == end_seq
+            or (
+                c["fail_seq"] is not None
+                and end_seq - events <= c["fail_seq"] < end_seq
+                and c["fail_t"] >= end_t - seconds
+            )
+            for c in by_session.get(session_id, ())
         )
-        SELECT row_number() OVER (ORDER BY session_id, end_seq) - 1 AS id, *
-        FROM (SELECT * FROM failed UNION ALL SELECT * FROM controls)
-        """,
-        {**params, "events": events, "seconds": seconds},
-    ).fetchall()
-    rows = con.execute(
-        """
-        SELECT w.id, w.session_id, w.failed, w.end_seq, w.end_t, e.seq, e.t_s, e.type, e.direction, e.audio_ms,
-               CASE WHEN e.direction = 'sent' THEN e.payload::VARCHAR END AS payload
-        FROM _windows w JOIN events e
-          ON e.session_id = w.session_id AND e.seq < w.end_seq AND e.seq >= w.end_seq - ? AND e.t_s >= w.end_t - ?
-        ORDER BY w.id, e.seq
-        """,
-        [events, seconds],
-    ).fetchall()
-    context = con.execute(
-        """
-        WITH items AS (
+
+    controls = [
+        (row["session_id"], row["created_seq"], row["created_t_s"])
+        for row in captures.sql(
+            f"""
+            SELECT r.session_id, r.created_seq, r.created_t_s
+            FROM responses r JOIN sessions s USING (session_id)
+            WHERE r.status = 'completed' AND r.created_seq IS NOT NULL AND {kept}
+            """,
+            kept_params,
+        ).to_pylist()
+        if not holds_failure(row["session_id"], row["created_seq"], row["created_t_s"])
+    ]
+    found = sorted([(sid, seq, t, True) for (sid, seq), t in ends.items()] + [(*c, False) for c in controls])
+    out = [Window(i, sid, failed) for i, (sid, _, _, failed) in enumerate(found)]
+    if not out:
+        return out
+    # The windows go to DuckDB as parallel lists, unnested together into one table.
+    windows_sql = """
+        SELECT unnest(?::BIGINT[]) AS id, unnest(?::VARCHAR[]) AS session_id,
+               unnest(?::BIGINT[]) AS end_seq, unnest(?::DOUBLE[]) AS end_t
+    """
+    window_params = [list(range(len(found))), [w[0] for w in found], [w[1] for w in found], [w[2] for w in found]]
+    rows = [
+        tuple(row.values())
+        for row in captures.sql(
+            f"""
+            WITH w AS ({windows_sql})
+            SELECT w.id, w.end_t, e.t_s, e.type, e.direction, e.audio_ms,
+                   CASE WHEN e.direction = ? THEN e.payload::VARCHAR END AS payload
+            FROM w JOIN events e
+              ON e.session_id = w.session_id AND e.seq < w.end_seq AND e.seq >= w.end_seq - ? AND e.t_s >= w.end_t - ?
+            ORDER BY w.id, e.seq
+            """,
+            [*window_params, protocol.SENT, events, seconds],
+        ).to_pylist()
+    ]
+    context = captures.sql(
+        f"""
+        WITH w AS ({windows_sql}), items AS (
             SELECT session_id, seq,
-                   count(*) FILTER (WHERE type IN ('conversation.item.added', 'conversation.item.created'))
+                   count(*) FILTER (WHERE type IN (SELECT unnest(?::VARCHAR[])))
                        OVER (PARTITION BY session_id ORDER BY seq) AS items
             FROM events
         ), done AS (
             SELECT session_id, done_seq, input_tokens FROM responses WHERE status = 'completed' AND done_seq IS NOT NULL
         )
-        SELECT w.id, w.session_id, w.failed, w.end_t,
+        SELECT w.id, w.end_t,
                (SELECT max(i.items) FROM items i WHERE i.session_id = w.session_id AND i.seq < w.end_seq) AS items,
                d.input_tokens
-        FROM _windows w ASOF LEFT JOIN done d ON d.session_id = w.session_id AND w.end_seq > d.done_seq
+        FROM w ASOF LEFT JOIN done d ON d.session_id = w.session_id AND w.end_seq > d.done_seq
         ORDER BY w.id
-        """
-    ).fetchall()
-    out = [Window(row[0], row[1], row[2]) for row in context]
-    for window, (_, _, _, end_t, items, tokens) in zip(out, context, strict=True):
-        window.features |= _numeric("session_age_s", end_t)
-        window.features |= _numeric("conversation_items", items or 0)
-        if tokens is not None:
-            window.features |= _numeric("input_tokens", tokens)
+        """,
+        [*window_params, list(protocol.ITEM_ADDED)],
+    ).to_pylist()
+    for window, row in zip(out, context, strict=True):
+        window.features |= _numeric("session_age_s", row["end_t"])
+        window.features |= _numeric("conversation_items", row["items"] or 0)
+        if row["input_tokens"] is not None:
+            window.features |= _numeric("input_tokens", row["input_tokens"])
     by_window: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
     for row in rows:
         by_window[row[0]].append(row)
@@ -142,20 +163,17 @@ def _numeric(name: str, value: float) -> set[str]:
 
 
 def _window_features(window: Window, rows: list[tuple[Any, ...]], fields: dict[str, dict[str, set[int]]]) -> None:
-    tokens: list[str | set[str]] = []  # event types, a run of deltas as one set of types
     client_times: list[float] = []
     last_server_t = None
     end_t = None
     largest_chunk = 0.0
-    for _, _, _, _, w_end_t, _, t_s, kind, direction, audio_ms, payload in rows:
+    kinds: list[tuple[int, str]] = []
+    for _, w_end_t, t_s, kind, direction, audio_ms, payload in rows:
         end_t = w_end_t
         name = kind or "(non-json)"
         window.features.add(name)
-        if name.endswith(".delta") and tokens and isinstance(tokens[-1], set):
-            tokens[-1].add(name)
-        else:
-            tokens.append({name} if name.endswith(".delta") else name)
-        if direction == "sent":
+        kinds.append((len(kinds), name))
+        if direction == protocol.SENT:
             client_times.append(t_s)
             if audio_ms:
                 largest_chunk = max(largest_chunk, audio_ms)
@@ -163,11 +181,11 @@ def _window_features(window: Window, rows: list[tuple[Any, ...]], fields: dict[s
                 _fields(window.id, name, payload, fields)
         else:
             last_server_t = t_s
-    names = [t if isinstance(t, str) else "+".join(sorted(t)) for t in tokens]
+    names = [str(name) for _, name in protocol.collapse(kinds)]
     for first, second in zip(names, names[1:], strict=False):
         window.features.add(f"{first} -> {second}")
     window.features |= _numeric("audio_chunk_ms", largest_chunk)
-    window.features |= _numeric("events_per_second", busiest_second(client_times))
+    window.features |= _numeric("events_per_second", protocol.busiest_second(client_times))
     if end_t is not None:
         gap = end_t - last_server_t if last_server_t is not None else THRESHOLDS["gap_since_server_s"][-1]
         window.features |= _numeric("gap_since_server_s", gap)
@@ -175,9 +193,8 @@ def _window_features(window: Window, rows: list[tuple[Any, ...]], fields: dict[s
 
 def _fields(window_id: int, kind: str, payload: str, fields: dict[str, dict[str, set[int]]]) -> None:
     """Record the scalar leaves of a client event's JSON (``type:path``) for this window."""
-    try:
-        event = json.loads(payload)
-    except ValueError:
+    event = protocol.parse(payload)
+    if event is None:
         return
     for path, value in _leaves(event, ""):
         if path == "type":

@@ -23,6 +23,8 @@ from .db import connect, in_list, json_path
 from .index import MANIFEST_SCHEMA, Index, UpdateReport
 
 READING = {"SELECT", "EXPLAIN"}
+REPLAY_RECORDERS = ("simulator", "serve", "replay")
+"""Recorder kinds whose sessions rtcap made itself: left out of analysis unless asked."""
 
 
 class QueryError(Exception):

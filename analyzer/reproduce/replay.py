@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from recorder import events
 from recorder.capture import RECEIVED, SENT, Capture, Message
-from recorder.events import SERVER_ERROR_TYPES
 from recorder.proxy import HOP_HEADERS as PROXY_HOP_HEADERS
 from recorder.redact import REDACTED, SECRET_SUBPROTOCOL_PREFIXES
 from recorder.session import SessionRecorder, now_ns, who_closed
@@ -49,77 +49,30 @@ class Step:
 
 
 def _event(message: Message) -> dict[str, Any] | None:
-    if message.opcode != "text":
-        return None
-    try:
-        event = json.loads(message.data())
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
-def server_ids(event: dict[str, Any]) -> list[tuple[str, str]]:
-    """The ids a server event assigns, in order, as (kind, id): responses, items, calls."""
-    found: list[tuple[str, str]] = []
-    kind = event.get("type")
-    if kind == "response.created":
-        response = event.get("response") or {}
-        if response.get("id"):
-            found.append(("response", response["id"]))
-    for holder in (event.get("item"),):
-        if isinstance(holder, dict):
-            if holder.get("id"):
-                found.append(("item", holder["id"]))
-            if holder.get("call_id"):
-                found.append(("call", holder["call_id"]))
-    if kind == "input_audio_buffer.committed" and event.get("item_id"):
-        found.append(("item", event["item_id"]))
-    return found
-
-
-def _strings(value: Any) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for child in value.values():
-            yield from _strings(child)
-    elif isinstance(value, list):
-        for child in value:
-            yield from _strings(child)
-
-
-def _units(messages: list[Message]) -> int:
-    units, in_run = 0, False
-    for message in messages:
-        event = _event(message)
-        is_delta = bool(event and str(event.get("type", "")).endswith(".delta"))
-        if not (is_delta and in_run):
-            units += 1
-        in_run = is_delta
-    return units
+    # A binary frame that happens to start with "{" is still not an event.
+    return events.parse(message.data()) if message.opcode == "text" else None
 
 
 def plan(capture: Capture, pace: str = "causal", speed: float = 1.0) -> list[Step]:
     """The steps that send a capture's client messages again."""
     assigned: set[str] = set()
     steps: list[Step] = []
-    server_since: list[Message] = []
+    server_since: list[str | None] = []  # types of the server events since the last step
     previous_t = 0
     for message in capture.messages:
-        if message.direction == "received":
-            server_since.append(message)
-            event = _event(message)
-            if event:
-                assigned.update(i for _, i in server_ids(event))
-            continue
         event = _event(message)
-        needs = sorted({s for s in _strings(event) if s in assigned}) if event else []
+        if message.direction == events.RECEIVED:
+            server_since.append(events.event_type(event))
+            if event:
+                assigned.update(i for _, i in events.server_ids(event))
+            continue
+        needs = sorted({s for s in events.strings(event) if s in assigned}) if event else []
         gap = (message.t_ns - previous_t) / 1e9 / speed
         at = message.t_ns / 1e9 / speed
         data = message.data().decode("utf-8", errors="replace") if message.opcode == "text" else message.data()
         if pace == "causal":
-            ended = any(b'"response.done"' in m.payload[:40] for m in server_since)
-            steps.append(Step(message.seq, data, _units(server_since), gap, needs, ended))
+            ended = events.RESPONSE_DONE in server_since
+            steps.append(Step(message.seq, data, events.count_units(server_since), gap, needs, ended))
         elif pace == "timed":
             steps.append(Step(message.seq, data, 0, at, needs))
         else:
@@ -133,18 +86,17 @@ class IdMap:
     """Recorded server ids to the replay's, matched by kind and order of appearance."""
 
     def __init__(self, capture: Capture) -> None:
-        self.recorded: dict[str, list[str]] = {"response": [], "item": [], "call": []}
-        for message in capture.messages:
-            event = _event(message) if message.direction == "received" else None
-            for kind, value in server_ids(event) if event else []:
+        self.recorded: dict[str, list[str]] = {kind: [] for kind in events.ID_KINDS}
+        for _, event in recorded_events(capture):
+            for kind, value in events.server_ids(event) if event else []:
                 if value not in self.recorded[kind]:
                     self.recorded[kind].append(value)
-        self.seen: dict[str, list[str]] = {"response": [], "item": [], "call": []}
+        self.seen: dict[str, list[str]] = {kind: [] for kind in events.ID_KINDS}
         self.mapping: dict[str, str] = {}
 
     def learn(self, event: dict[str, Any]) -> None:
         """Take note of the ids a replayed server event assigns."""
-        for kind, value in server_ids(event):
+        for kind, value in events.server_ids(event):
             if value in self.seen[kind]:
                 continue
             index = len(self.seen[kind])
@@ -216,71 +168,23 @@ def connection_headers(
     return headers, protocols
 
 
-@dataclasses.dataclass
-class Failure:
-    seq: int
-    source: str
-    error_type: str | None
-    code: str | None
-    message: str | None
-    response_index: int
+def failure_entry(failure: events.Failure) -> dict[str, Any]:
+    """A failure as the result document shows it (SPEC: seq, source, error_type, code,
+    message, response_index)."""
+    keys = ("seq", "source", "error_type", "code", "message", "response_index")
+    return {key: getattr(failure, key) for key in keys}
 
 
-def failures(events: Iterable[tuple[int, dict[str, Any] | None]]) -> list[Failure]:
-    """Failures in a stream of (seq, server event): errors and failed responses, each with
-    the index of the response it belongs to (responses counted from 0)."""
-    out: list[Failure] = []
-    responses = -1
-    for seq, event in events:
-        if event is None:
-            continue
-        kind = event.get("type")
-        if kind == "response.created":
-            responses += 1
-        elif kind == "error":
-            error = event.get("error") or {}
-            out.append(
-                Failure(seq, "error", error.get("type"), error.get("code"), error.get("message"), max(responses, 0))
-            )
-        elif kind == "response.done" and (event.get("response") or {}).get("status") == "failed":
-            error = ((event.get("response") or {}).get("status_details") or {}).get("error") or {}
-            out.append(
-                Failure(
-                    seq, "response.done", error.get("type"), error.get("code"), error.get("message"), max(responses, 0)
-                )
-            )
-    return out
-
-
-def matches(failure: Failure, kind: str) -> bool:
-    """Whether a failure is of ``--failure`` kind (an error type or code, server, any)."""
-    if kind == "any":
-        return True
-    if kind == "server":
-        return failure.error_type in SERVER_ERROR_TYPES or failure.code in SERVER_ERROR_TYPES
-    return kind in (failure.error_type, failure.code)
-
-
-def shape(events: Iterable[tuple[int, dict[str, Any] | None]]) -> list[tuple[int, str]]:
-    """Event types for comparison: a run of deltas (audio and transcript interleave, and
-    their number depends on what was said) is one token; response.done carries its status."""
-    out: list[tuple[int, str]] = []
-    run: set[str] = set()
-    for seq, event in events:
-        kind = str(event.get("type")) if event else "(non-json)"
-        if kind.endswith(".delta"):
-            if run:
-                run.add(kind)
-                out[-1] = (out[-1][0], "+".join(sorted(run)))
-            else:
-                run = {kind}
-                out.append((seq, kind))
-            continue
-        run = set()
-        if kind == "response.done":
-            kind += ":" + str((event.get("response") or {}).get("status"))
-        out.append((seq, kind))
-    return out
+def shape(received: Iterable[tuple[int, dict[str, Any] | None]]) -> list[tuple[int, str]]:
+    """Event types for comparison, runs of deltas collapsed (their number depends on what
+    was said); ``response.done`` carries its status."""
+    labels: list[tuple[int, str | None]] = []
+    for seq, event in received:
+        kind = events.event_type(event) if event else "(non-json)"
+        if kind == events.RESPONSE_DONE:
+            kind += f":{events.response_status(event or {})}"
+        labels.append((seq, kind))
+    return [(seq, str(kind)) for seq, kind in events.collapse(labels)]
 
 
 def divergence(recorded: list[tuple[int, str]], replayed: list[tuple[int, str]]) -> dict[str, Any] | None:
@@ -319,12 +223,12 @@ async def replay(
     steps = plan(capture, pace, speed)
     ids = IdMap(capture)
     received: list[tuple[int, dict[str, Any] | None]] = []
-    units = dones = 0
-    in_run = False
+    units = events.Units()
+    dones = 0
     arrived = asyncio.Event()
     closed = asyncio.Event()
     notes: list[str] = []
-    expected_done = sum(1 for _, e in recorded_events(capture) if e and e.get("type") == "response.done")
+    expected_done = sum(1 for _, e in recorded_events(capture) if events.event_type(e) == events.RESPONSE_DONE)
 
     async with connect(
         url, additional_headers=headers or [], subprotocols=subprotocols or None, max_size=None, open_timeout=timeout
@@ -346,24 +250,16 @@ async def replay(
         )
 
         async def receive() -> None:
-            nonlocal units, dones, in_run
+            nonlocal dones
             try:
                 async for message in ws:
                     seq = recorder.message(RECEIVED, message, now_ns())
-                    event = None
-                    if isinstance(message, str):
-                        try:
-                            event = json.loads(message)
-                        except ValueError:
-                            event = None
-                    received.append((seq, event if isinstance(event, dict) else None))
-                    if isinstance(event, dict):
+                    event = events.parse(message) if isinstance(message, str) else None
+                    received.append((seq, event))
+                    if event is not None:
                         ids.learn(event)
-                        dones += event.get("type") == "response.done"
-                    is_delta = bool(event and str(event.get("type", "")).endswith(".delta"))
-                    if not (is_delta and in_run):
-                        units += 1
-                    in_run = is_delta
+                    dones += events.event_type(event) == events.RESPONSE_DONE
+                    units.add(events.event_type(event))
                     arrived.set()
             finally:
                 closed.set()
@@ -393,7 +289,7 @@ async def replay(
             def ready(t: int = mark_units + step.after_server, s: Step = step, d: int = mark_dones) -> bool:
                 # A pending response.done counts: once the replayed response has ended, a
                 # shorter stream than the recorded one is no reason to wait for more.
-                return units >= t or (s.after_done and dones > d)
+                return units.count >= t or (s.after_done and dones > d)
 
             if not await wait_until(ready, time.monotonic() + timeout) and not closed.is_set():
                 notes.append(f"waited {timeout:g} s for the server before seq {step.recorded_seq}")
@@ -410,7 +306,7 @@ async def replay(
                 await ws.send(data)
             except ConnectionClosed:
                 break
-            mark_units, mark_dones, mark_t = units, dones, time.monotonic()
+            mark_units, mark_dones, mark_t = units.count, dones, time.monotonic()
         await wait_until(lambda: dones >= expected_done, time.monotonic() + timeout)
         if not closed.is_set():
             await ws.close()
@@ -421,7 +317,7 @@ async def replay(
 
 
 def recorded_events(capture: Capture) -> list[tuple[int, dict[str, Any] | None]]:
-    return [(m.seq, _event(m)) for m in capture.messages if m.direction == "received"]
+    return [(m.seq, _event(m)) for m in capture.messages if m.direction == events.RECEIVED]
 
 
 def run(
@@ -441,7 +337,7 @@ def run(
     url = target_url(capture, to)
     headers, protocols = connection_headers(capture, url, extra_headers)
     recorded = recorded_events(capture)
-    target = next((f for f in failures(recorded) if matches(f, failure)), None)
+    target = next((f for f in events.failures(recorded) if events.failure_matches(f, failure)), None)
     expected_shape = shape(recorded)
     entries = []
     for _ in range(repeat):
@@ -458,7 +354,7 @@ def run(
                 map_ids=map_ids,
             )
         )
-        found = [f for f in failures(result["received"]) if matches(f, failure)]
+        found = [f for f in events.failures(result["received"]) if events.failure_matches(f, failure)]
         hit = next(
             (
                 f
@@ -471,7 +367,7 @@ def run(
             {
                 "session_id": result["session_id"],
                 "reproduced": hit is not None,
-                "failure": dataclasses.asdict(hit or found[0]) if (hit or found) else None,
+                "failure": failure_entry(hit or found[0]) if (hit or found) else None,
                 "diverged_at": divergence(expected_shape, shape(result["received"])),
                 "notes": result["notes"],
             }
@@ -481,7 +377,7 @@ def run(
         "replays": entries,
         "reproduced": reproduced,
         "of": repeat,
-        "target": dataclasses.asdict(target) if target else None,
+        "target": failure_entry(target) if target else None,
         "url": url,
         "pace": pace,
         "summary": verdict(reproduced, repeat, target is not None, failure),

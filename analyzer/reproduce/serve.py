@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,16 +18,15 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from recorder import events
 from recorder.capture import RECEIVED, SENT, Capture
 from recorder.serving import serve_until_stopped
 from recorder.session import SessionRecorder, now_ns
 
 
 def _kind(data: bytes | str) -> str:
-    try:
-        return str(json.loads(data).get("type"))
-    except (ValueError, AttributeError):
-        return "(non-json)"
+    event = events.parse(data)
+    return str(events.event_type(event)) if event is not None else "(non-json)"
 
 
 class Player:
@@ -46,11 +44,11 @@ class Player:
         self.speed = speed
         self.captures = captures
         self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.expected = [m.data() for m in capture.messages if m.direction == "sent"]
+        self.expected = [m.data() for m in capture.messages if m.direction == events.SENT]
         self.script: list[tuple[int, float, bytes | str]] = []  # (client messages before, t_s, data)
         clients = 0
         for message in capture.messages:
-            if message.direction == "sent":
+            if message.direction == events.SENT:
                 clients += 1
             else:
                 data = message.data()

@@ -81,13 +81,25 @@ def captures_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def listen_option(port: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--listen HOST:PORT`` for a server command, defaulting to 127.0.0.1 and ``port``."""
+def listen_option(command_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--listen HOST:PORT`` for a server command, defaulting to 127.0.0.1 and the
+    command's port; the command gets ``(host, port)``."""
+    from recorder.listen import DEFAULT_PORTS, parse_listen
+
+    port = DEFAULT_PORTS[command_name]
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+        try:
+            return parse_listen(value, port)
+        except ValueError as e:
+            raise BadUsage(str(e)) from None
+
     return click.option(
         "--listen",
         default=f"127.0.0.1:{port}",
         show_default=True,
         metavar="HOST:PORT",
+        callback=parse,
         help="Where to listen (port 0 picks a free one).",
     )
 
@@ -143,9 +155,13 @@ def _open(captures: Path) -> Any:
 
     if not captures.is_dir():
         raise Failure(f"no capture directory {captures}")
+    from analyzer.db import ConfigError
+
     with _progress() as progress:
         try:
             return open_captures(captures, progress=progress)
+        except ConfigError as e:
+            raise BadUsage(str(e)) from None
         except OSError as e:
             raise Failure(f"cannot index {captures}: {e.strerror or e}") from None
 
@@ -172,11 +188,12 @@ def _progress() -> Iterator[Callable[[int, int], None] | None]:
         yield advance
 
 
-def _sql(captures: Any, query: str, params: list[Any] | None = None) -> Any:
+def _library(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call an analyzer function; a query it makes that DuckDB rejects is a failure."""
     from analyzer.views import QueryError
 
     try:
-        return captures.sql(query, params)
+        return function(*args, **kwargs)
     except QueryError as e:
         raise Failure(str(e)) from None
 
@@ -221,12 +238,12 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--upstream", required=True, metavar="URL", help="The realtime server to relay to, e.g. wss://api.openai.com/v1."
 )
-@listen_option(8765)
+@listen_option("proxy")
 @recording_options
 @captures_option
 def proxy(
     upstream: str,
-    listen: str,
+    listen: tuple[str, int],
     labels: tuple[str, ...],
     no_audio: bool,
     redact_header: tuple[str, ...],
@@ -247,15 +264,11 @@ def proxy(
     """
     import asyncio
 
-    from recorder.proxy import RecordingProxy, parse_listen, run_proxy
+    from recorder.proxy import RecordingProxy, run_proxy
     from recorder.redact import Redactor
 
     if not upstream.startswith(("ws://", "wss://")):
         raise BadUsage(f"--upstream must be a ws:// or wss:// URL, not {upstream!r}")
-    try:
-        host, port = parse_listen(listen, 8765)
-    except ValueError as e:
-        raise BadUsage(str(e)) from None
     relay = RecordingProxy(
         upstream,
         captures.absolute(),
@@ -264,9 +277,9 @@ def proxy(
         redactor=Redactor(redact_header, redact_query),
     )
     try:
-        asyncio.run(run_proxy(relay, host, port))
+        asyncio.run(run_proxy(relay, *listen))
     except OSError as e:
-        raise Failure(f"cannot listen on {listen}: {e.strerror or e}") from None
+        raise Failure(f"cannot listen on {_address(listen)}: {e.strerror or e}") from None
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -315,7 +328,7 @@ def run(
 
 
 @cli.command()
-@listen_option(8766)
+@listen_option("simulate")
 @click.option("--fault", "faults", multiple=True, metavar="RULE", help="A fault rule (repeatable); see below.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random, per session.")
 @speed_option("Divide all pacing by F (tests use 1000).")
@@ -331,7 +344,7 @@ def run(
 @click.option("--record", is_flag=True, help="Record the simulator's sessions into the capture directory.")
 @captures_option
 def simulate(
-    listen: str,
+    listen: tuple[str, int],
     faults: tuple[str, ...],
     seed: int,
     speed: float,
@@ -364,12 +377,10 @@ def simulate(
 
     from analyzer.sim.faults import RuleError, parse_rules
     from analyzer.sim.simulator import Simulator, run_simulator
-    from recorder.proxy import parse_listen
 
     try:
         rules = parse_rules(faults)
-        host, port = parse_listen(listen, 8766)
-    except (RuleError, ValueError) as e:
+    except RuleError as e:
         raise BadUsage(str(e)) from None
     simulator = Simulator(
         rules,
@@ -382,9 +393,9 @@ def simulate(
         log=lambda line: click.echo(line),
     )
     try:
-        asyncio.run(run_simulator(simulator, host, port, ready=lambda line: click.echo(line)))
+        asyncio.run(run_simulator(simulator, *listen, ready=lambda line: click.echo(line)))
     except OSError as e:
-        raise Failure(f"cannot listen on {listen}: {e.strerror or e}") from None
+        raise Failure(f"cannot listen on {_address(listen)}: {e.strerror or e}") from None
 
 
 # -- exploring ------------------------------------------------------------------------
@@ -407,7 +418,8 @@ def query(sql: str, fmt: str | None, output: Path | None, captures: Path) -> Non
     """
     if sql == "-":
         sql = sys.stdin.read()
-    _emit(_sql(_open(captures), sql), fmt, output)
+    opened = _open(captures)
+    _emit(_library(opened.sql, sql), fmt, output)
 
 
 @cli.command()
@@ -434,34 +446,16 @@ def sessions(
     Example:
       rtcap sessions --failed --since 2h --label app=kiosk
     """
-    from analyzer.explore import since_time
-
-    where, params = [], []
-    if failed:
-        where.append("failed")
+    from analyzer.explore import list_sessions, since_time
     from recorder.session import parse_labels
 
     try:
         wanted = parse_labels(labels, env="")  # filters, not labels to write: $RTCAP_LABELS has no say
+        when = since_time(since) if since else None
     except ValueError as e:
         raise BadUsage(str(e)) from None
-    for key, value in wanted.items():
-        where.append("labels[?] = ?")
-        params += [key, value]
-    if since:
-        try:
-            params.append(since_time(since))
-        except ValueError as e:
-            raise BadUsage(str(e)) from None
-        where.append("started_at >= ?")
-    query = (
-        "SELECT session_id, started_at, duration_s, state, model, dialect, recorder, messages, failures, "
-        "close_code, close_by, server_session_id, labels FROM sessions"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " ORDER BY started_at DESC, session_id DESC"
-        + (f" LIMIT {limit}" if limit else "")
-    )
-    _emit(_sql(_open(captures), query, params), fmt, output)
+    opened = _open(captures)
+    _emit(_library(list_sessions, opened, failed=failed, labels=wanted, since=when, limit=limit), fmt, output)
 
 
 @cli.command()
@@ -537,23 +531,12 @@ def doctor(
     Example:
       rtcap doctor 20261126T0016015
     """
-    import pyarrow as pa
-
     from analyzer.doctor import diagnose
-    from recorder.capture import CaptureError, read_capture
 
-    session_id = None
-    if session is not None:
-        try:
-            session_id = read_capture(_find(captures, session), max_messages=1).session_id
-        except CaptureError as e:
-            raise Failure(str(e)) from None
-    rows = diagnose(_open(captures), session_id, include_replays=include_replays)
-    columns = ["session_id", "check", "status", "evidence", "advice"]
-    _emit(
-        pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in columns}), fmt, output
-    )
-    if strict and any(row["status"] == "fail" for row in rows):
+    session_id = _load(captures, session, max_messages=1).session_id if session is not None else None
+    checks = _library(diagnose, _open(captures), session_id, include_replays=include_replays)
+    _emit(checks, fmt, output)
+    if strict and "fail" in checks.column("status").to_pylist():
         sys.exit(1)
 
 
@@ -578,9 +561,9 @@ def report(session: str, output: Path, captures: Path) -> None:
 
     if output.suffix.lower() != ".zip":
         raise BadUsage(f"--output {output}: the bundle is a .zip file")
-    path = _find(captures, session)
+    capture = _load(captures, session)
     try:
-        made = build(_open(captures), path, output)
+        made = build(_open(captures), capture, output)
     except OSError as e:
         raise Failure(f"cannot write {output}: {e.strerror or e}") from None
     failure = made["failure"]
@@ -655,17 +638,13 @@ def replay(
       rtcap replay 20261126T0016015 --to ws://127.0.0.1:8766 --repeat 5 --pace asap
     """
     from analyzer.reproduce.replay import run
-    from recorder.capture import CaptureError, read_capture
 
     for header in headers:
         if ":" not in header:
             raise BadUsage(f"bad --header {header!r}: expected NAME:VALUE")
     if to is not None and not to.startswith(("ws://", "wss://")):
         raise BadUsage(f"--to must be a ws:// or wss:// URL, not {to!r}")
-    try:
-        capture = read_capture(_find(captures, session))
-    except CaptureError as e:
-        raise Failure(str(e)) from None
+    capture = _load(captures, session)
     try:
         document = run(
             capture,
@@ -689,11 +668,11 @@ def replay(
 
 @cli.command()
 @click.argument("session")
-@listen_option(8767)
+@listen_option("serve")
 @speed_option("Divide every recorded gap by F.")
 @click.option("--record", is_flag=True, help="Record the sessions it serves.")
 @captures_option
-def serve(session: str, listen: str, speed: float, record: bool, captures: Path) -> None:
+def serve(session: str, listen: tuple[str, int], speed: float, record: bool, captures: Path) -> None:
     """Play a recorded server to clients, to debug client code offline.
 
     Each connecting client gets the recorded server messages from the start, each one
@@ -710,22 +689,13 @@ def serve(session: str, listen: str, speed: float, record: bool, captures: Path)
     import asyncio
 
     from analyzer.reproduce.serve import Player, run_player
-    from recorder.capture import CaptureError, read_capture
-    from recorder.proxy import parse_listen
 
-    try:
-        host, port = parse_listen(listen, 8767)
-    except ValueError as e:
-        raise BadUsage(str(e)) from None
-    try:
-        capture = read_capture(_find(captures, session))
-    except CaptureError as e:
-        raise Failure(str(e)) from None
+    capture = _load(captures, session)
     player = Player(capture, speed=speed, captures=captures.absolute() if record else None)
     try:
-        asyncio.run(run_player(player, host, port, ready=lambda line: click.echo(line)))
+        asyncio.run(run_player(player, *listen, ready=lambda line: click.echo(line)))
     except OSError as e:
-        raise Failure(f"cannot listen on {listen}: {e.strerror or e}") from None
+        raise Failure(f"cannot listen on {_address(listen)}: {e.strerror or e}") from None
 
 
 @cli.command()
@@ -800,23 +770,28 @@ def show(session: str, around: int | None, context: int, captures: Path) -> None
       rtcap show 20261125T2341 --around 118 --context 10
     """
     from analyzer.explore import render_timeline, session_events
-    from analyzer.views import QueryError
 
-    path = _find(captures, session)
-    try:
-        events = session_events(_open(captures), path, around, context)
-    except (QueryError, ValueError) as e:
-        raise Failure(str(e)) from None
+    session_id = _load(captures, session, max_messages=1).session_id
+    events = _library(session_events, _open(captures), session_id, around, context)
     render_timeline(events, sys.stdout, color=sys.stdout.isatty())
 
 
-def _find(captures: Path, session: str) -> Path:
-    from analyzer.locate import SessionNotFound, find_session
+def _load(captures: Path, session: str, max_messages: int | None = None) -> Any:
+    """The capture SESSION names (see :func:`analyzer.locate.load_session`)."""
+    from analyzer.locate import SessionNotFound, load_session
+    from recorder.capture import CaptureError
 
     try:
-        return find_session(captures, session)
+        return load_session(captures, session, max_messages)
     except SessionNotFound as e:
         raise BadUsage(str(e)) from None
+    except CaptureError as e:
+        raise Failure(str(e)) from None
+
+
+def _address(listen: tuple[str, int]) -> str:
+    host, port = listen
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @cli.command()
@@ -843,12 +818,8 @@ def export(session: str, output: Path | None, audio_dir: Path | None, captures: 
       rtcap export 20261125T2337 --output session.jsonl
     """
     from analyzer.export import write_jsonl
-    from recorder.capture import CaptureError, read_capture
 
-    try:
-        capture = read_capture(_find(captures, session))
-    except CaptureError as e:
-        raise Failure(str(e)) from None
+    capture = _load(captures, session)
     if capture.state == "damaged":
         click.echo(f"rtcap: warning: {capture.path} is damaged: {'; '.join(capture.problems)}", err=True)
     if audio_dir is not None:

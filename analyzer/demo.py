@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import recorder
+from recorder.capture import Capture
 
 from .doctor import diagnose
+from .locate import load_session
 from .precursors import analyse
-from .reproduce.replay import run as replay
 from .report import build as build_report
+from .reproduce.replay import run as replay
 from .sim import traffic
 from .sim.simulator import RunningSimulator, Simulator
 from .views import Captures, open_captures
@@ -122,19 +124,19 @@ def run(
         planted = next((s for s in examples if first.get(s) == "function"), examples[0] if examples else None)
         transient = next((s for s, choice in first.items() if choice is None), None)
         if planted:
-            checks = [c for c in diagnose(captures, planted) if c["status"] != "pass"]
+            checks = [c for c in diagnose(captures, planted).to_pylist() if c["status"] != "pass"]
             say(f"\n5. rtcap doctor {planted}:")
             for check in checks or [{"check": "every check", "status": "pass", "evidence": ""}]:
                 say(f"   {check['status'].upper():5} {check['check']}: {check['evidence']}")
             say(f"\n6. Replaying {planted} (an example of the top feature), 5 times:")
-            found["deterministic"] = _replay(_path(captures, root, planted), simulator.url, root)
+            found["deterministic"] = _replay(load_session(root, planted), simulator.url, root)
             say(f"   {found['deterministic']['summary']}")
             if transient:
                 say(f"   ...and {transient}, whose first failure followed nothing in particular, 5 times:")
-                found["transient"] = _replay(_path(captures, root, transient), simulator.url, root)
+                found["transient"] = _replay(load_session(root, transient), simulator.url, root)
                 say(f"   {found['transient']['summary']}")
             bundle = found["report"] = root / f"report-{planted}.zip"
-            build_report(captures, _path(captures, root, planted), bundle)
+            build_report(captures, load_session(root, planted), bundle)
             say(f"\n7. Wrote a support bundle for the vendor: {bundle}")
     finally:
         simulator.stop()
@@ -160,12 +162,5 @@ def _table(features: list[dict[str, Any]]) -> str:
     return buffer.getvalue().rstrip()
 
 
-def _path(captures: Captures, root: Path, session_id: str) -> Path:
-    [row] = captures.sql("SELECT file FROM sessions WHERE session_id = ?", [session_id]).to_pylist()
-    return root / row["file"]
-
-
-def _replay(path: Path, url: str, root: Path) -> dict[str, Any]:
-    from recorder.capture import read_capture
-
-    return replay(read_capture(path), to=url, captures=root, pace="causal", speed=100, timeout=5, repeat=5)
+def _replay(capture: Capture, url: str, root: Path) -> dict[str, Any]:
+    return replay(capture, to=url, captures=root, pace="causal", speed=100, timeout=5, repeat=5)

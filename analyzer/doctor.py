@@ -11,6 +11,8 @@ import binascii
 from collections import defaultdict
 from typing import Any
 
+import pyarrow as pa
+
 from recorder import events
 
 from .views import REPLAY_RECORDERS, Captures
@@ -51,8 +53,17 @@ _PAYLOAD_TYPES = ("rate_limits.updated", events.ERROR)
 """Server events whose payload a check reads (``session.*`` ones too)."""
 
 
-def diagnose(captures: Captures, session_id: str | None = None, include_replays: bool = False) -> list[dict[str, str]]:
-    """Checklist rows for one session, or for every session when ``session_id`` is None."""
+COLUMNS = ("session_id", "check", "status", "evidence", "advice")
+
+
+def diagnose(captures: Captures, session_id: str | None = None, include_replays: bool = False) -> pa.Table:
+    """Checklist rows for one session, or for every session when ``session_id`` is None:
+    ``session_id, check, status (pass|warn|fail), evidence, advice``."""
+    rows = _checks(captures, session_id, include_replays)
+    return pa.Table.from_pylist(rows, schema=pa.schema([(name, pa.string()) for name in COLUMNS]))
+
+
+def _checks(captures: Captures, session_id: str | None, include_replays: bool) -> list[dict[str, str]]:
     params: list[Any] = []
     if session_id:
         where = "session_id = ?"

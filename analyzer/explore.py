@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from pathlib import Path
 from typing import IO
 
 import pyarrow as pa
@@ -29,22 +28,48 @@ def since_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
-def session_events(captures: Captures, path: Path, around: int | None, context: int) -> pa.Table:
-    """The events of the session in ``path``, optionally only those around a seq."""
-    rel = (
-        str(path.absolute().relative_to(captures.index.root))
-        if path.absolute().is_relative_to(captures.index.root)
-        else None
+SESSION_COLUMNS = (
+    "session_id, started_at, duration_s, state, model, dialect, recorder, messages, failures, "
+    "close_code, close_by, server_session_id, labels"
+)
+
+
+def list_sessions(
+    captures: Captures,
+    *,
+    failed: bool = False,
+    labels: dict[str, str] | None = None,
+    since: dt.datetime | None = None,
+    limit: int | None = None,
+) -> pa.Table:
+    """``rtcap sessions``: one row per session, newest first, filtered."""
+    where, params = [], []
+    if failed:
+        where.append("failed")
+    for key, value in (labels or {}).items():
+        where.append("labels[?] = ?")
+        params += [key, value]
+    if since is not None:
+        where.append("started_at >= ?")
+        params.append(since)
+    query = (
+        f"SELECT {SESSION_COLUMNS} FROM sessions"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY started_at DESC, session_id DESC"
+        + (" LIMIT ?" if limit else "")
     )
-    if rel is None:
-        raise ValueError(f"{path} is not under {captures.index.root}")
-    where, params = ["m.file = ?"], [rel]
+    return captures.sql(query, params + ([limit] if limit else []))
+
+
+def session_events(captures: Captures, session_id: str, around: int | None, context: int) -> pa.Table:
+    """The events of one session, optionally only those around a seq."""
+    where, params = ["session_id = ?"], [session_id]
     if around is not None:
-        where.append("e.seq BETWEEN ? AND ?")
+        where.append("seq BETWEEN ? AND ?")
         params += [around - context, around + context]
     return captures.sql(
-        "SELECT e.seq, e.t_s, e.direction, e.type, e.bytes, e.audio_ms, e.payload::VARCHAR AS payload "
-        "FROM events e JOIN _manifest m USING (session_id) WHERE " + " AND ".join(where) + " ORDER BY e.seq",
+        "SELECT seq, t_s, direction, type, bytes, audio_ms, payload::VARCHAR AS payload "
+        "FROM events WHERE " + " AND ".join(where) + " ORDER BY seq",
         params,
     )
 

@@ -3,10 +3,10 @@ argument names (an id, a unique prefix of one, a file path, or the server's ``se
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from recorder.capture import CaptureError, read_capture
+from recorder import events
+from recorder.capture import Capture, CaptureError, read_capture
 
 SESSION_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]/*.msgpack"
 
@@ -31,14 +31,11 @@ def server_session_id(path: Path) -> str | None:
     except CaptureError:
         return None
     for message in capture.messages:
-        if message.direction == "received" and b"session.created" in message.payload:
-            try:
-                event = json.loads(message.data())
-            except ValueError:
-                continue
-            session = event.get("session") if isinstance(event, dict) else None
-            if isinstance(session, dict) and isinstance(session.get("id"), str):
-                return session["id"]
+        if message.direction == events.RECEIVED and b"session.created" in message.payload:
+            event = events.parse(message.data())
+            session_id = events.dig(event, ("session", "id")) if event else None
+            if events.event_type(event) == "session.created" and isinstance(session_id, str):
+                return session_id
     return None
 
 
@@ -60,3 +57,9 @@ def find_session(captures: Path, ref: str) -> Path:
         raise SessionNotFound(f"no session {ref!r} under {captures}")
     names = [p.stem for p in matches]
     raise SessionNotFound(f"{ref!r} matches {len(names)} sessions: {', '.join(names[:10])}", names)
+
+
+def load_session(captures: Path, ref: str, max_messages: int | None = None) -> Capture:
+    """The capture ``ref`` names, read (only its first ``max_messages`` if given).
+    Raises :class:`SessionNotFound` or :class:`~recorder.capture.CaptureError`."""
+    return read_capture(find_session(captures, ref), max_messages=max_messages)

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from recorder.capture import read_capture
+from recorder.capture import Capture
 
 from .doctor import ADVICE, diagnose
 from .export import export_rows
@@ -25,13 +25,13 @@ from .views import Captures
 AROUND = 20
 
 
-def build(captures: Captures, path: Path, output: Path) -> dict[str, Any]:
-    """Write the bundle for the capture at ``path`` to ``output``; returns what it says."""
-    capture = read_capture(path)
+def build(captures: Captures, capture: Capture, output: Path) -> dict[str, Any]:
+    """Write the bundle for ``capture`` to ``output``; returns what it says."""
+    path = capture.path
     session_id = capture.session_id
     [session] = plain_rows(captures.sql("SELECT * FROM sessions WHERE session_id = ?", [session_id])) or [{}]
     failures = plain_rows(captures.sql("SELECT * FROM failures WHERE session_id = ? ORDER BY t_s", [session_id]))
-    checks = diagnose(captures, session_id)
+    checks = diagnose(captures, session_id).to_pylist()
     exported = list(export_rows(capture))
     first = next((f for f in failures if f["class"] in ("server", "connection")), failures[0] if failures else None)
     around: list[dict[str, Any]] = []

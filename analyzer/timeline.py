@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import pyarrow as pa
+
+from recorder import events
 
 
 @dataclasses.dataclass
@@ -31,18 +32,18 @@ def _summary(event: dict[str, Any] | None, kind: str) -> tuple[str, bool]:
     """A short description of an event, and whether it is a failure."""
     if event is None:
         return "", False
-    if kind == "error":
-        error = event.get("error") or {}
-        return f"{error.get('type')}: {error.get('code') or ''} {error.get('message') or ''}".strip(), True
-    if kind == "response.done":
-        response = event.get("response") or {}
-        status = response.get("status")
-        error = (response.get("status_details") or {}).get("error") or {}
-        usage = response.get("usage") or {}
-        text = f"{status} in={usage.get('input_tokens')} out={usage.get('output_tokens')}"
-        if error:
-            text += f" {error.get('type')}: {error.get('message') or ''}".rstrip()
-        return text, status == "failed"
+    failure = events.failure_fields(event)
+    if kind == events.RESPONSE_DONE:
+        usage = events.dig(event, ("response", "usage")) or {}
+        usage = usage if isinstance(usage, dict) else {}
+        text = f"{events.response_status(event)} in={usage.get('input_tokens')} out={usage.get('output_tokens')}"
+        if failure is not None:
+            _, error_type, _, message = failure
+            text += f" {error_type}: {message or ''}".rstrip()
+        return text, failure is not None
+    if failure is not None:
+        _, error_type, code, message = failure
+        return f"{error_type}: {code or ''} {message or ''}".strip(), True
     if kind in ("session.created", "session.updated"):
         session = event.get("session") or {}
         return f"{session.get('id') or ''} {session.get('model') or ''}".strip(), False
@@ -55,18 +56,18 @@ def _summary(event: dict[str, Any] | None, kind: str) -> tuple[str, bool]:
     return "", False
 
 
-def timeline(events: pa.Table) -> list[Line]:
+def timeline(rows: pa.Table) -> list[Line]:
     """Lines for a session's events (one session, ``seq`` order)."""
     lines: list[Line] = []
     previous_t = 0.0
-    for row in events.to_pylist():
+    for row in rows.to_pylist():
         kind = row["type"] or ("(binary)" if row["payload"] is None else "(text)")
-        event = json.loads(row["payload"]) if row["payload"] else None
+        event = events.parse(row["payload"])
         summary, failure = _summary(event, kind)
         last = lines[-1] if lines else None
         audio_ms = row["audio_ms"] or 0.0
         # A run of deltas (audio and transcript interleave) becomes one line.
-        if last is not None and kind.endswith(".delta") and last.kinds and last.direction == row["direction"]:
+        if last is not None and events.is_delta(kind) and last.kinds and last.direction == row["direction"]:
             last.last_seq, last.count = row["seq"], last.count + 1
             last.kinds[kind] = last.kinds.get(kind, 0) + 1
             last.bytes += row["bytes"]
@@ -78,7 +79,7 @@ def timeline(events: pa.Table) -> list[Line]:
         line = Line(
             row["seq"], row["seq"], row["t_s"], gap, row["direction"], kind, 1, row["bytes"], audio_ms, summary, failure
         )
-        if kind.endswith(".delta"):
+        if events.is_delta(kind):
             line.kinds = {kind: 1}
             line.summary = "" if audio_ms else summary
         lines.append(line)

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.http11 import Request, Response
 
 from .capture import RECEIVED, SENT
+from .listen import DEFAULT_PORTS
 from .redact import Redactor
 from .serving import serve_until_stopped
 from .session import SessionRecorder, now_ns, who_closed
@@ -46,7 +47,7 @@ HOP_HEADERS = frozenset(
         "sec-websocket-protocol",
     }
 )
-DEFAULT_PORT = 8765
+DEFAULT_PORT = DEFAULT_PORTS["proxy"]
 
 
 def upstream_url(upstream: str, path: str) -> str:
@@ -61,20 +62,6 @@ def upstream_url(upstream: str, path: str) -> str:
     app_names = {unquote_plus(item.partition("=")[0]) for item in app_items}
     kept = [item for item in base.query.split("&") if item and unquote_plus(item.partition("=")[0]) not in app_names]
     return urlunsplit((base.scheme, base.netloc, joined, "&".join(kept + app_items), ""))
-
-
-def parse_listen(listen: str, default_port: int) -> tuple[str, int]:
-    """``HOST:PORT``, ``[V6]:PORT``, ``HOST`` or ``:PORT``; raises ``ValueError``."""
-    host, port = listen, str(default_port)
-    if listen.startswith("["):
-        host, _, rest = listen[1:].partition("]")
-        if rest.startswith(":"):
-            port = rest[1:]
-    elif listen.count(":") == 1:
-        host, port = listen.split(":")
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"bad --listen {listen!r}: expected HOST:PORT")
-    return host or "127.0.0.1", int(port)
 
 
 @dataclass

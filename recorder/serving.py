@@ -10,6 +10,9 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .listen import DEFAULT_PORTS as DEFAULT_PORTS
+from .listen import parse_listen as parse_listen
+
 
 def ws_url(host: str, port: int) -> str:
     """The ws:// URL a server listening on ``host:port`` is reached at."""

@@ -219,7 +219,7 @@ def test_doctor_flags_what_each_session_was_made_to_have(tmp_path: Path) -> None
             )
         ],
     )
-    rows = diagnose(open_captures(root))
+    rows = diagnose(open_captures(root)).to_pylist()
     assert set(statuses(rows, clean).values()) == {"pass"}
     assert statuses(rows, mismatch)["audio format"] == "fail"
     assert statuses(rows, sizes)["chunk size"] == "fail"
@@ -235,7 +235,7 @@ def test_doctor_flags_what_each_session_was_made_to_have(tmp_path: Path) -> None
 def test_doctor_warns_about_small_chunks_and_cli_strict(tmp_path: Path) -> None:
     root = tmp_path / "captures"
     small = make_session(root, appends(0.1, [10, 10, 100]) + response(1))
-    rows = diagnose(open_captures(root), small)
+    rows = diagnose(open_captures(root), small).to_pylist()
     assert statuses(rows, small)["chunk size"] == "warn"
     runner = CliRunner()
     assert runner.invoke(cli, ["doctor", small[:24], "--captures", str(root), "--format", "json"]).exit_code == 0

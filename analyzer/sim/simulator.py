@@ -28,13 +28,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from recorder.capture import RECEIVED, SENT
-from recorder.serving import ServerThread, serve_until_stopped
+from recorder.serving import DEFAULT_PORTS, ServerThread, serve_until_stopped
 from recorder.session import SessionRecorder, now_ns
 
 from .faults import Rule, parse_rules
 from .simsession import Close, Drop, SimSession, Stall, StartResponse, Step
 
-DEFAULT_PORT = 8766
+DEFAULT_PORT = DEFAULT_PORTS["simulate"]
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 
 

@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-bench $(MITM_VENV)/bin/mitmdump
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check recorder analyzer tests bench
 	$(BIN)/ruff format --check recorder analyzer tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .venv-mitmproxy .pytest_cache

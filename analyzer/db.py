@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -45,11 +46,15 @@ def connect() -> duckdb.DuckDBPyConnection:
 
 def register_functions(con: duckdb.DuckDBPyConnection) -> None:
     """The rules of :mod:`recorder.events` that SQL needs, as SQL functions."""
-    con.create_function(
-        "rtcap_failure_class", events.failure_class, ["VARCHAR"] * 3, "VARCHAR", null_handling="special"
-    )
-    con.create_function("rtcap_abnormal_close", events.abnormal_close, ["BIGINT"], "BOOLEAN", null_handling="special")
-    con.create_function("rtcap_failure_matches", events.matches, ["VARCHAR"] * 4, "BOOLEAN", null_handling="special")
+    _function(con, "rtcap_failure_class", events.failure_class, ["VARCHAR"] * 3, "VARCHAR")
+    _function(con, "rtcap_abnormal_close", events.abnormal_close, ["BIGINT"], "BOOLEAN")
+    _function(con, "rtcap_failure_matches", events.matches, ["VARCHAR"] * 4, "BOOLEAN")
+
+
+def _function(con: duckdb.DuckDBPyConnection, name: str, function: Any, parameters: list[str], result: str) -> None:
+    # NULLs reach the Python function (a missing code is an answer, not a NULL result).
+    # The enum for "special" moved between DuckDB releases; its string works in all.
+    con.create_function(name, function, parameters, result, null_handling="special")  # type: ignore[call-overload]
 
 
 def json_path(column: str, path: Sequence[str], *, text: bool = True) -> str:

@@ -79,11 +79,17 @@ def dialect(url: str | None, headers: Iterable[Sequence[Any]] = (), subprotocols
             offered += [p.strip() for p in value.split(",")]
     if BETA_SUBPROTOCOL in offered:
         return "beta"
+    return "beta" if url_path(url).rstrip("/").endswith("/openai/realtime") else "ga"
+
+
+def url_path(url: str | None) -> str:
+    """A URL's path, also for a URL that no longer parses (a redacted ``[REDACTED]@``
+    userinfo looks like a broken IPv6 host to ``urlsplit``)."""
     try:
-        path = urlsplit(url or "").path.rstrip("/")
+        return urlsplit(url or "").path
     except ValueError:
-        path = ""
-    return "beta" if path.endswith("/openai/realtime") else "ga"
+        after_scheme = (url or "").partition("://")[2]
+        return "/" + after_scheme.partition("/")[2].split("?")[0].split("#")[0]
 
 
 # ---------------------------------------------------------------------------

@@ -425,3 +425,25 @@ def test_g711_audio_exports_at_8_khz(corpus, tmp_path: Path) -> None:
     out_bytes = sum(len(a) for m in read_capture(last).messages if m.direction == "received" for a in m.audio())
     with wave.open(str(tmp_path / "output.wav")) as w:
         assert (w.getframerate(), w.getnframes()) == (8_000, out_bytes)
+
+
+def test_the_failures_view_and_recorder_events_agree(corpus) -> None:
+    """One meaning: the SQL view and the Python definition find the same failures."""
+    from recorder import events
+
+    root, _ = corpus
+    for path in capture_files(root):
+        capture = read_capture(path)
+        server = [(m.seq, events.parse(m.data())) for m in capture.messages if m.direction == events.RECEIVED]
+        expected = sorted(
+            (f.seq if f.seq is not None else -1, f.source, f.error_type, f.code, f.failure_class, f.response_id)
+            for f in events.failures(server, capture.end)
+        )
+        rows = sql(
+            root,
+            "SELECT coalesce(seq, -1) AS seq, source, error_type, code, class, response_id FROM failures "
+            f"WHERE session_id = '{capture.session_id}'",
+        )
+        assert sorted(tuple(r.values()) for r in rows) == expected, capture.session_id
+    kinds = {r["source"] for r in sql(root, "SELECT DISTINCT source FROM failures")}
+    assert kinds == {"error", "response.done", "close"}  # the corpus exercises every source

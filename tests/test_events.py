@@ -1,0 +1,298 @@
+"""recorder/events.py, the one definition of what realtime events mean: table-driven."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recorder import events
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ('{"type":"error"}', {"type": "error"}),
+        (b'  {"type":"x","n":1}', {"type": "x", "n": 1}),
+        ("[1, 2]", None),
+        ("not json", None),
+        (b"\x00\x01binary", None),
+        ('{"type":', None),
+        ("", None),
+        (None, None),
+        ("[" * 100_000 + "]" * 100_000, None),
+        ('{"a":' * 100_000 + "1" + "}" * 100_000, None),  # too deep for json: not an event, no crash
+    ],
+)
+def test_parse(data, expected) -> None:
+    assert events.parse(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "subprotocols", "expected"),
+    [
+        ("wss://api.openai.com/v1/realtime?model=m", [], [], "ga"),
+        ("wss://api.openai.com/v1/realtime?model=m", [("OpenAI-Beta", "realtime=v1")], [], "beta"),
+        ("wss://api.openai.com/v1/realtime", [("openai-beta", " Realtime=V1 ")], [], "beta"),
+        ("wss://x/v1/realtime", [], ["realtime", "openai-beta.realtime-v1"], "beta"),
+        ("wss://x/v1/realtime", [("Sec-WebSocket-Protocol", "realtime, openai-beta.realtime-v1")], [], "beta"),
+        ("wss://r.openai.azure.com/openai/realtime?api-version=v&deployment=d", [], [], "beta"),
+        ("wss://r.openai.azure.com/openai/v1/realtime?model=d", [], [], "ga"),
+        ("ws://[REDACTED]@host/openai/realtime/", [], [], "beta"),
+        (None, [("bad",)], [], "ga"),
+        ("http://[::1", [], [], "ga"),  # unparseable: the default, not a crash
+    ],
+)
+def test_dialect(url, headers, subprotocols, expected) -> None:
+    assert events.dialect(url, headers, subprotocols) == expected
+
+
+GA_PCMU = {"type": "session.updated", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}
+BETA_ALAW = {"type": "session.update", "session": {"input_audio_format": "g711_alaw", "output_audio_format": "pcm16"}}
+
+
+@pytest.mark.parametrize(
+    ("event", "formats"),
+    [
+        (GA_PCMU, (("audio/pcmu", None))),
+        (BETA_ALAW, ("g711_alaw", "pcm16")),
+        (
+            {"type": "session.created", "session": {"audio": {"output": {"format": {"type": "audio/pcma"}}}}},
+            (None, "audio/pcma"),
+        ),
+        ({"type": "response.done", "session": {"input_audio_format": "g711_ulaw"}}, (None, None)),
+        ({"type": "session.updated", "session": "nope"}, (None, None)),
+        ({"type": "session.updated", "session": {"audio": {"input": {"format": "pcm16"}}}}, (None, None)),
+    ],
+)
+def test_session_formats(event, formats) -> None:
+    assert events.session_formats(event) == formats
+
+
+def test_audio_formats_follow_the_session_in_both_directions() -> None:
+    formats = events.AudioFormats()
+    assert formats.ms(4800, events.SENT) == 100 and formats.silence(events.RECEIVED) == 0
+    assert formats.follow(GA_PCMU)
+    assert formats.of(events.SENT) == "audio/pcmu" and formats.of(events.RECEIVED) == "pcm16"
+    assert formats.ms(800, events.SENT) == 100 and formats.silence(events.SENT) == 0xFF
+    assert not formats.follow(GA_PCMU)  # no change
+    formats.follow({"type": "session.update", "session": {"input_audio_format": "opus"}})  # unknown: ignored
+    assert formats.of(events.SENT) == "audio/pcmu"
+    formats.follow(BETA_ALAW)
+    assert (formats.of(events.SENT), formats.of(events.RECEIVED)) == ("g711_alaw", "pcm16")
+    assert formats.silence(events.SENT) == 0xD5
+
+
+@pytest.mark.parametrize(
+    ("event", "strings"),
+    [
+        ({"type": "input_audio_buffer.append", "audio": "AAAA"}, ["AAAA"]),
+        ({"type": "response.output_audio.delta", "delta": "BBBB"}, ["BBBB"]),
+        ({"type": "response.audio.delta", "delta": "CCCC"}, ["CCCC"]),
+        ({"type": "response.output_audio_transcript.delta", "delta": "words"}, []),
+        (
+            {
+                "type": "conversation.item.create",
+                "item": {"content": [{"audio": "DDDD"}, {"text": "x"}, {"audio": ""}]},
+            },
+            ["DDDD"],
+        ),
+        ({"type": "input_audio_buffer.append", "audio": 5}, []),
+    ],
+)
+def test_audio_strings(event, strings) -> None:
+    assert events.audio_strings(event) == strings
+
+
+AUDIO = "response.output_audio.delta"
+TRANSCRIPT = "response.output_audio_transcript.delta"
+
+
+@pytest.mark.parametrize(
+    ("kinds", "collapsed"),
+    [
+        ([], []),
+        (["a", "b"], ["a", "b"]),
+        ([AUDIO, TRANSCRIPT, AUDIO, "response.done"], [f"{AUDIO}+{TRANSCRIPT}", "response.done"]),
+        ([TRANSCRIPT, TRANSCRIPT], [TRANSCRIPT]),
+        ([AUDIO, "x", AUDIO], [AUDIO, "x", AUDIO]),
+        ([None, AUDIO, None], [None, AUDIO, None]),
+    ],
+)
+def test_delta_runs_collapse_and_count_alike(kinds, collapsed) -> None:
+    folded = events.collapse(list(enumerate(kinds)))
+    assert [name for _, name in folded] == collapsed
+    assert events.count_units(kinds) == len(collapsed)
+    # Each collapsed step is keyed by the first event of its run.
+    units = events.Units()
+    starts = [i for i, kind in enumerate(kinds) if units.add(kind)]
+    assert starts == [key for key, _ in folded]
+
+
+@pytest.mark.parametrize(
+    ("event", "assigned"),
+    [
+        ({"type": "response.created", "response": {"id": "resp_1"}}, [("response", "resp_1")]),
+        ({"type": "response.created", "response": {}}, []),
+        (
+            {"type": "conversation.item.added", "item": {"id": "item_1", "call_id": "call_1"}},
+            [("item", "item_1"), ("call", "call_1")],
+        ),
+        ({"type": "input_audio_buffer.committed", "item_id": "item_2"}, [("item", "item_2")]),
+        ({"type": "response.output_audio.delta", "item_id": "item_3"}, []),
+        ({"type": "conversation.item.created", "item": {"id": 7}}, []),
+    ],
+)
+def test_server_ids(event, assigned) -> None:
+    assert events.server_ids(event) == assigned
+
+
+@pytest.mark.parametrize(
+    ("event", "direction", "ids"),
+    [
+        ({"type": "response.output_audio.delta", "response_id": "r", "item_id": "i"}, "received", ("r", "i")),
+        ({"type": "response.done", "response": {"id": "r"}}, "received", ("r", None)),
+        ({"type": "conversation.item.added", "item": {"id": "i"}}, "received", (None, "i")),
+        ({"type": "conversation.item.create", "previous_item_id": "p", "item": {}}, "sent", (None, "p")),
+        ({"type": "conversation.item.added", "previous_item_id": "p", "item": {}}, "received", (None, None)),
+        ({"type": "conversation.item.truncate", "item_id": "i", "previous_item_id": "p"}, "sent", (None, "i")),
+    ],
+)
+def test_event_ids(event, direction, ids) -> None:
+    assert events.event_ids(event, direction) == ids
+
+
+def failed_done(response_id: str, error: dict | None) -> dict:
+    details = {"type": "failed", "error": error} if error is not None else {"type": "failed"}
+    return {"type": "response.done", "response": {"id": response_id, "status": "failed", "status_details": details}}
+
+
+@pytest.mark.parametrize(
+    ("event", "fields", "klass"),
+    [
+        (
+            {"type": "error", "error": {"type": "server_error", "code": None, "message": "boom"}},
+            ("error", "server_error", None, "boom"),
+            "server",
+        ),
+        (
+            {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "code": "inference_service_unavailable_error"},
+            },
+            ("error", "invalid_request_error", "inference_service_unavailable_error", None),
+            "server",
+        ),
+        (
+            {"type": "error", "error": {"type": "invalid_request_error", "code": "session_expired"}},
+            ("error", "invalid_request_error", "session_expired", None),
+            "client",
+        ),
+        ({"type": "error"}, ("error", None, None, None), "client"),
+        (
+            failed_done("r", {"type": "server_error", "message": "m"}),
+            ("response.done", "server_error", None, "m"),
+            "server",
+        ),
+        (failed_done("r", None), ("response.done", "unknown", None, None), "client"),
+        ({"type": "response.done", "response": {"status": "completed"}}, None, None),
+        ({"type": "response.done", "response": {"status": "cancelled"}}, None, None),
+        ({"type": "response.created", "response": {"status": "failed"}}, None, None),
+    ],
+)
+def test_failure_fields_and_classes(event, fields, klass) -> None:
+    assert events.failure_fields(event) == fields
+    if fields is not None:
+        assert events.failure_class(fields[0], fields[1], fields[2]) == klass
+
+
+@pytest.mark.parametrize(
+    ("code", "abnormal"), [(None, True), (1000, False), (1001, False), (1005, False), (1006, True), (1011, True)]
+)
+def test_abnormal_close(code, abnormal) -> None:
+    assert events.abnormal_close(code) is abnormal
+
+
+@pytest.mark.parametrize(
+    ("kind", "klass", "error_type", "code", "expected"),
+    [
+        ("any", "client", "invalid_request_error", None, True),
+        ("any", "connection", "connection_closed", "1006", True),
+        ("server", "server", "server_error", None, True),
+        ("server", "connection", "connection_closed", "1006", False),
+        ("server_error", "server", "server_error", None, True),
+        ("session_expired", "client", "invalid_request_error", "session_expired", True),
+        ("connection_closed", "connection", "connection_closed", "1006", True),
+        ("server_error", "server", "service_unavailable", None, False),
+    ],
+)
+def test_failure_matching(kind, klass, error_type, code, expected) -> None:
+    assert events.matches(kind, klass, error_type, code) is expected
+
+
+def created(response_id: str) -> dict:
+    return {"type": "response.created", "response": {"id": response_id, "status": "in_progress"}}
+
+
+def done(response_id: str) -> dict:
+    return {"type": "response.done", "response": {"id": response_id, "status": "completed"}}
+
+
+SERVER_ERROR = {"type": "error", "error": {"type": "server_error", "message": "x"}}
+
+
+@pytest.mark.parametrize(
+    ("stream", "end", "expected"),
+    [
+        # A failed response, then a healthy one: the failure is response 0's.
+        (
+            [created("r0"), failed_done("r0", {"type": "server_error"}), created("r1"), done("r1")],
+            {"code": 1000},
+            [(1, "response.done", "server_error", "r0", 0, "server")],
+        ),
+        # An error during response 1 belongs to it; one after it belongs to no response.
+        (
+            [created("r0"), done("r0"), created("r1"), SERVER_ERROR, done("r1"), SERVER_ERROR],
+            None,
+            [(3, "error", "server_error", "r1", 1, "server"), (5, "error", "server_error", None, 1, "server")],
+        ),
+        # A drop during a response is a connection failure of that response.
+        (
+            [created("r0"), done("r0"), created("r1")],
+            {"code": 1006, "error": None},
+            [(None, "close", "connection_closed", "r1", 1, "connection")],
+        ),
+        # An end without a close code (an error ended it) during a response: abnormal.
+        (
+            [created("r0")],
+            {"code": None, "error": "reset"},
+            [(None, "close", "connection_closed", "r0", 0, "connection")],
+        ),
+        # A normal close during a response, or a drop between responses: no failure.
+        ([created("r0")], {"code": 1000}, []),
+        ([created("r0"), done("r0")], {"code": 1006}, []),
+        # A session still open: its end is unknown.
+        ([created("r0")], None, []),
+    ],
+)
+def test_failures_of_a_session(stream, end, expected) -> None:
+    found = events.failures(list(enumerate(stream)), end)
+    assert [
+        (f.seq, f.source, f.error_type, f.response_id, f.response_index, f.failure_class) for f in found
+    ] == expected
+    for failure in found:
+        assert events.failure_matches(failure, "any")
+
+
+def test_busiest_second() -> None:
+    assert events.busiest_second([]) == 0
+    assert events.busiest_second([0.0, 0.5, 1.0, 1.01, 3.0]) == 3
+    assert events.busiest_second([float(i) / 100 for i in range(60)]) == 60
+
+
+def test_the_tables_hold_what_realtime_md_lists() -> None:
+    # Names differ between dialects only where REALTIME.md says they do.
+    assert events.BETA_NAMES["conversation.item.added"] == "conversation.item.created"
+    assert set(events.ITEM_ADDED) == {"conversation.item.added", "conversation.item.created"}
+    assert events.BYTES_PER_MS["pcm16"] == 48 and events.BYTES_PER_MS["audio/pcmu"] == 8
+    assert json.loads(json.dumps(events.SERVER_ERROR_TYPES))[0] == "server_error"

@@ -14,7 +14,8 @@ from websockets.sync.client import connect
 
 from analyzer.cli import cli
 from analyzer.locate import capture_files
-from analyzer.reproduce.replay import IdMap, plan, run
+from analyzer.reproduce.pacing import IdMap, plan
+from analyzer.reproduce.replay import run
 from analyzer.views import open_captures
 from recorder.capture import CaptureWriter, read_capture
 from recorder.proxy import RecordingProxy

@@ -1,132 +1,33 @@
 """``rtcap replay``: send a recorded session to a server again, and say whether its failure
 came back.
 
-Planning is plain code: :func:`plan` turns a capture into steps (which client message,
-after how many server messages, not before when), and :class:`IdMap` rewrites the ids the
-server assigned in the recording to the ones it assigns now. :func:`replay` is the thin
-network loop that runs a plan against a server, recording the new session.
+What to send when is decided in :mod:`.pacing` (plain code, tested with a fake clock);
+:func:`replay` is the thin network loop that runs it against a server, recording the new
+session; :func:`run` replays a capture N times and compares failures and event sequences
+with the recording's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
+import contextlib
 import os
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from recorder import events
-from recorder.capture import RECEIVED, SENT, Capture, Message
+from recorder.capture import RECEIVED, SENT, Capture
 from recorder.proxy import HOP_HEADERS as PROXY_HOP_HEADERS
 from recorder.redact import REDACTED, SECRET_SUBPROTOCOL_PREFIXES
 from recorder.session import SessionRecorder, now_ns, who_closed
 
+from .pacing import Done, IdMap, Pacer, Wait, count_done, plan, recorded_events
+
 # The proxy's hop-by-hop headers, and the recorded client's User-Agent: a replay is
 # rtcap talking, not the app.
 HOP_HEADERS = PROXY_HOP_HEADERS | {"user-agent"}
-
-
-@dataclasses.dataclass
-class Step:
-    """Send one recorded client message."""
-
-    recorded_seq: int
-    data: str | bytes
-    after_server: int
-    """How many server units (a run of deltas counts as one) since the previous step must
-    have arrived first (``causal``)."""
-    not_before_s: float
-    """Seconds after the previous step (``causal``) or after the start (``timed``)."""
-    needs: list[str]
-    """Recorded server ids this message refers to, which must be mapped first."""
-    after_done: bool = False
-    """A response ended before this message in the recording: once the replayed one ends,
-    the message goes even if fewer server messages came (``causal``)."""
-
-
-def _event(message: Message) -> dict[str, Any] | None:
-    # A binary frame that happens to start with "{" is still not an event.
-    return events.parse(message.data()) if message.opcode == "text" else None
-
-
-def plan(capture: Capture, pace: str = "causal", speed: float = 1.0) -> list[Step]:
-    """The steps that send a capture's client messages again."""
-    assigned: set[str] = set()
-    steps: list[Step] = []
-    server_since: list[str | None] = []  # types of the server events since the last step
-    previous_t = 0
-    for message in capture.messages:
-        event = _event(message)
-        if message.direction == events.RECEIVED:
-            server_since.append(events.event_type(event))
-            if event:
-                assigned.update(i for _, i in events.server_ids(event))
-            continue
-        needs = sorted({s for s in events.strings(event) if s in assigned}) if event else []
-        gap = (message.t_ns - previous_t) / 1e9 / speed
-        at = message.t_ns / 1e9 / speed
-        data = message.data().decode("utf-8", errors="replace") if message.opcode == "text" else message.data()
-        if pace == "causal":
-            ended = events.RESPONSE_DONE in server_since
-            steps.append(Step(message.seq, data, events.count_units(server_since), gap, needs, ended))
-        elif pace == "timed":
-            steps.append(Step(message.seq, data, 0, at, needs))
-        else:
-            steps.append(Step(message.seq, data, 0, 0.0, needs))
-        server_since = []
-        previous_t = message.t_ns
-    return steps
-
-
-class IdMap:
-    """Recorded server ids to the replay's, matched by kind and order of appearance."""
-
-    def __init__(self, capture: Capture) -> None:
-        self.recorded: dict[str, list[str]] = {kind: [] for kind in events.ID_KINDS}
-        for _, event in recorded_events(capture):
-            for kind, value in events.server_ids(event) if event else []:
-                if value not in self.recorded[kind]:
-                    self.recorded[kind].append(value)
-        self.seen: dict[str, list[str]] = {kind: [] for kind in events.ID_KINDS}
-        self.mapping: dict[str, str] = {}
-
-    def learn(self, event: dict[str, Any]) -> None:
-        """Take note of the ids a replayed server event assigns."""
-        for kind, value in events.server_ids(event):
-            if value in self.seen[kind]:
-                continue
-            index = len(self.seen[kind])
-            self.seen[kind].append(value)
-            if index < len(self.recorded[kind]):
-                self.mapping[self.recorded[kind][index]] = value
-
-    def rewrite(self, data: str | bytes) -> str | bytes:
-        """A client message with every mapped id replaced."""
-        if not isinstance(data, str) or not self.mapping:
-            return data
-        try:
-            event = json.loads(data)
-        except ValueError:
-            return data
-        changed = False
-
-        def swap(value: Any) -> Any:
-            nonlocal changed
-            if isinstance(value, str) and value in self.mapping:
-                changed = True
-                return self.mapping[value]
-            if isinstance(value, dict):
-                return {k: swap(v) for k, v in value.items()}
-            if isinstance(value, list):
-                return [swap(v) for v in value]
-            return value
-
-        rewritten = swap(event)
-        return json.dumps(rewritten, separators=(",", ":"), ensure_ascii=False) if changed else data
 
 
 def target_url(capture: Capture, to: str | None) -> str:
@@ -188,18 +89,19 @@ def shape(received: Iterable[tuple[int, dict[str, Any] | None]]) -> list[tuple[i
 
 
 def divergence(recorded: list[tuple[int, str]], replayed: list[tuple[int, str]]) -> dict[str, Any] | None:
+    """Where two :func:`shape` s first differ (one ending early included), or ``None``."""
     for (r_seq, expected), (p_seq, got) in zip(recorded, replayed, strict=False):
         if expected != got:
             return {"recorded_seq": r_seq, "replay_seq": p_seq, "expected": expected, "got": got}
     if len(recorded) != len(replayed):
         shorter = min(len(recorded), len(replayed))
-        expected = recorded[shorter][1] if shorter < len(recorded) else None
-        got = replayed[shorter][1] if shorter < len(replayed) else None
+        left = recorded[shorter] if shorter < len(recorded) else None
+        right = replayed[shorter] if shorter < len(replayed) else None
         return {
-            "recorded_seq": recorded[shorter][0] if expected else None,
-            "replay_seq": replayed[shorter][0] if got else None,
-            "expected": expected,
-            "got": got,
+            "recorded_seq": left[0] if left else None,
+            "replay_seq": right[0] if right else None,
+            "expected": left[1] if left else None,
+            "got": right[1] if right else None,
         }
     return None
 
@@ -219,20 +121,13 @@ async def replay(
     """Replay ``capture`` to ``url`` once; returns the replay's entry of the result."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
+    from websockets.typing import Subprotocol
 
-    steps = plan(capture, pace, speed)
-    ids = IdMap(capture)
     received: list[tuple[int, dict[str, Any] | None]] = []
-    units = events.Units()
-    dones = 0
-    arrived = asyncio.Event()
-    closed = asyncio.Event()
-    notes: list[str] = []
-    expected_done = sum(1 for _, e in recorded_events(capture) if events.event_type(e) == events.RESPONSE_DONE)
-
+    offered = [Subprotocol(p) for p in subprotocols or ()] or None
     async with connect(
-        url, additional_headers=headers or [], subprotocols=subprotocols or None, max_size=None, open_timeout=timeout
-    ) as ws:  # type: ignore[arg-type]
+        url, additional_headers=headers or [], subprotocols=offered, max_size=None, open_timeout=timeout
+    ) as ws:
         # The replay's capture is created once the server has accepted it, so a refused
         # connection leaves no empty file behind.
         recorder = SessionRecorder.create(
@@ -248,76 +143,48 @@ async def replay(
             response_headers=ws.response.headers.raw_items() if ws.response else (),
             subprotocol=ws.subprotocol,
         )
+        loop = asyncio.get_running_loop()
+        pacer = Pacer(
+            plan(capture, pace, speed),
+            pace=pace,
+            start=loop.time(),
+            timeout=timeout,
+            ids=IdMap(capture) if map_ids else None,
+            expected_done=count_done(capture),
+        )
+        woken = asyncio.Event()
 
         async def receive() -> None:
-            nonlocal dones
             try:
                 async for message in ws:
                     seq = recorder.message(RECEIVED, message, now_ns())
                     event = events.parse(message) if isinstance(message, str) else None
                     received.append((seq, event))
-                    if event is not None:
-                        ids.learn(event)
-                    dones += events.event_type(event) == events.RESPONSE_DONE
-                    units.add(events.event_type(event))
-                    arrived.set()
+                    pacer.on_event(event, loop.time())
+                    woken.set()
             finally:
-                closed.set()
-                arrived.set()
-
-        async def wait_until(condition: Any, deadline: float) -> bool:
-            while not condition():
-                if closed.is_set():
-                    return False
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                arrived.clear()
-                try:
-                    await asyncio.wait_for(arrived.wait(), remaining)
-                except TimeoutError:
-                    return condition()
-            return True
+                pacer.on_close(loop.time())
+                woken.set()
 
         reader = asyncio.ensure_future(receive())
-        started = time.monotonic()
-        mark_units, mark_dones, mark_t = 0, 0, started
-        for step in steps:
-            if closed.is_set():
-                break
-
-            def ready(t: int = mark_units + step.after_server, s: Step = step, d: int = mark_dones) -> bool:
-                # A pending response.done counts: once the replayed response has ended, a
-                # shorter stream than the recorded one is no reason to wait for more.
-                return units.count >= t or (s.after_done and dones > d)
-
-            if not await wait_until(ready, time.monotonic() + timeout) and not closed.is_set():
-                notes.append(f"waited {timeout:g} s for the server before seq {step.recorded_seq}")
-            if map_ids and step.needs:
-                await wait_until(lambda s=step: all(n in ids.mapping for n in s.needs), time.monotonic() + timeout)
-            send_at = (mark_t if pace == "causal" else started) + step.not_before_s
-            if pace != "asap" and send_at > time.monotonic():
-                await asyncio.sleep(send_at - time.monotonic())
-            if closed.is_set():
-                break
-            data = ids.rewrite(step.data) if map_ids else step.data
-            recorder.message(SENT, data, now_ns())
+        while not isinstance(action := pacer.next(loop.time()), Done):
+            if isinstance(action, Wait):
+                woken.clear()
+                delay = None if action.until is None else max(0.0, action.until - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), delay)
+                continue
+            recorder.message(SENT, action.data, now_ns())
             try:
-                await ws.send(data)
+                await ws.send(action.data)
             except ConnectionClosed:
                 break
-            mark_units, mark_dones, mark_t = units.count, dones, time.monotonic()
-        await wait_until(lambda: dones >= expected_done, time.monotonic() + timeout)
-        if not closed.is_set():
+        if not pacer.closed:
             await ws.close()
         await asyncio.wait([reader], timeout=timeout)
         closed_by, code, reason = who_closed(ws.protocol, peer="server", local="client")
     recorder.end(now_ns(), closed_by=closed_by, code=code, reason=reason)
-    return {"session_id": recorder.session_id, "received": received, "notes": notes}
-
-
-def recorded_events(capture: Capture) -> list[tuple[int, dict[str, Any] | None]]:
-    return [(m.seq, _event(m)) for m in capture.messages if m.direction == events.RECEIVED]
+    return {"session_id": recorder.session_id, "received": received, "notes": pacer.notes}
 
 
 def run(

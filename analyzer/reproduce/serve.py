@@ -2,8 +2,9 @@
 
 Each client gets the recording's server messages from the start; a server message is
 released once as many client messages as preceded it in the recording have arrived, and
-not before its recorded gap (divided by ``speed``). Client messages that differ from the
-recording are reported, not refused: the point is to debug the client.
+not before its recorded gap (divided by ``speed``) after the previous one: the same
+:class:`~.pacing.Pacer` as replay's, from the other side. Client messages that differ from
+the recording are reported, not refused: the point is to debug the client.
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from recorder import events
 from recorder.capture import RECEIVED, SENT, Capture
 from recorder.serving import serve_until_stopped
 from recorder.session import SessionRecorder, now_ns
+
+from .pacing import Done, Pacer, Wait, serve_plan
 
 
 def _kind(data: bytes | str) -> str:
@@ -30,7 +34,11 @@ def _kind(data: bytes | str) -> str:
 
 
 class Player:
-    """Plays one capture's server side to each client that connects."""
+    """Plays one capture's server side to each client that connects.
+
+    ``timeout``: how long a server message waits for the client messages that preceded it
+    in the recording before it goes anyway (reported); ``None``, the default, waits for
+    ever, as a recorded server cannot know what an absent message would have said."""
 
     def __init__(
         self,
@@ -39,68 +47,72 @@ class Player:
         speed: float = 1.0,
         captures: Path | None = None,
         report: Callable[[str], None] | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.capture = capture
         self.speed = speed
         self.captures = captures
+        self.timeout = timeout
         self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
         self.expected = [m.data() for m in capture.messages if m.direction == events.SENT]
-        self.script: list[tuple[int, float, bytes | str]] = []  # (client messages before, t_s, data)
-        clients = 0
-        for message in capture.messages:
-            if message.direction == events.SENT:
-                clients += 1
-            else:
-                data = message.data()
-                self.script.append((clients, message.t_ns / 1e9, data.decode() if message.opcode == "text" else data))
+        self.script = serve_plan(capture, speed)
         self.recorded_subprotocol = capture.header.get("subprotocol")
 
     def serve(self, host: str, port: int) -> Any:
         """The websockets server (an async context manager)."""
         return serve(self._play, host, port, select_subprotocol=self._subprotocol, max_size=None, compression=None)
 
-    def _subprotocol(self, connection: ServerConnection, offered: Any) -> str | None:
+    def _subprotocol(self, connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
         wanted = self.recorded_subprotocol
-        return wanted if wanted in offered else None
+        return Subprotocol(wanted) if isinstance(wanted, str) and wanted in offered else None
+
+    def difference(self, index: int, message: str | bytes) -> str | None:
+        """How client message ``index`` differs from the recording's, if it does."""
+        data = message.encode() if isinstance(message, str) else message
+        if index >= len(self.expected):
+            return f"rtcap serve: client message {index} is beyond the recording ({_kind(data)})"
+        if data != self.expected[index]:
+            want, got = _kind(self.expected[index]), _kind(data)
+            return f"rtcap serve: client message {index} differs from the recording ({want} -> {got})"
+        return None
 
     async def _play(self, ws: ServerConnection) -> None:
         recorder = self._recorder(ws) if self.captures is not None else None
-        arrived = asyncio.Condition()
-        count = 0
+        loop = asyncio.get_running_loop()
+        # Client messages are counted, not read: each one is a unit, whatever it holds.
+        pacer = Pacer(self.script, start=loop.time(), timeout=self.timeout, absolute=True, peer="client")
+        woken = asyncio.Event()
 
         async def listen() -> None:
-            nonlocal count
             with contextlib.suppress(ConnectionClosed):
                 async for message in ws:
                     if recorder is not None:
                         recorder.message(SENT, message, now_ns())
-                    data = message.encode() if isinstance(message, str) else message
-                    if count < len(self.expected) and data != self.expected[count]:
-                        want, got = _kind(self.expected[count]), _kind(data)
-                        self.report(f"rtcap serve: client message {count} differs from the recording ({want} -> {got})")
-                    elif count >= len(self.expected):
-                        self.report(f"rtcap serve: client message {count} is beyond the recording ({_kind(data)})")
-                    count += 1
-                    async with arrived:
-                        arrived.notify_all()
-            async with arrived:
-                arrived.notify_all()
+                    line = self.difference(pacer.units.count, message)
+                    if line is not None:
+                        self.report(line)
+                    pacer.on_event(None, loop.time())
+                    woken.set()
+            pacer.on_close(loop.time())
+            woken.set()
 
         listener = asyncio.ensure_future(listen())
-        previous_t = 0.0
         try:
-            for needed, t_s, data in self.script:
-                async with arrived:
-                    await arrived.wait_for(lambda n=needed: count >= n or listener.done())
-                if count < needed:
-                    return
-                await asyncio.sleep(max(0.0, t_s - previous_t) / self.speed)
-                previous_t = t_s
+            while not isinstance(action := pacer.next(loop.time()), Done):
+                if isinstance(action, Wait):
+                    woken.clear()
+                    delay = None if action.until is None else max(0.0, action.until - loop.time())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), delay)
+                    continue
+                if action.note is not None:
+                    self.report(f"rtcap serve: {action.note}")
                 if recorder is not None:
-                    recorder.message(RECEIVED, data, now_ns())
-                await ws.send(data)
-            await self._end(ws)
-            await listener
+                    recorder.message(RECEIVED, action.data, now_ns())
+                await ws.send(action.data)
+            if not pacer.closed:
+                await self._end(ws)
+                await listener
         except ConnectionClosed:
             pass
         finally:

@@ -21,9 +21,6 @@ def _alaw_table() -> np.ndarray:
     return np.where(codes & 0x80, magnitude, -magnitude).astype(np.int16)
 
 
-BYTES_PER_MS = {"pcm16": 48, "audio/pcm": 48, "g711_ulaw": 8, "g711_alaw": 8, "audio/pcmu": 8, "audio/pcma": 8}
-"""Bytes per millisecond of each realtime audio format (beta and GA spellings)."""
-
 ULAW, ALAW = _ulaw_table(), _alaw_table()
 DECODE = {"g711_ulaw": ULAW, "audio/pcmu": ULAW, "g711_alaw": ALAW, "audio/pcma": ALAW}
 """The 16-bit sample of each G.711 byte, by format name (beta and GA spellings)."""

@@ -17,8 +17,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from analyzer.sim.faults import ClientEvent, Context, RuleError, parse_rule
-from analyzer.sim.simsession import MS_PER_CHAR, Send, SimSession, Stall, StartResponse
+from analyzer.sim.simsession import Send, SimSession, Stall, StartResponse
 from analyzer.sim.simulator import running
+from analyzer.sim.voice import MS_PER_CHAR
 
 VALIDATORS = {"ga": TypeAdapter(RealtimeServerEvent), "beta": TypeAdapter(BetaServerEvent)}
 TOOLS = [

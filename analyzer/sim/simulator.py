@@ -27,6 +27,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from recorder import events
 from recorder.capture import RECEIVED, SENT
 from recorder.serving import DEFAULT_PORTS, ServerThread, serve_until_stopped
 from recorder.session import SessionRecorder, now_ns
@@ -35,7 +36,6 @@ from .faults import Rule, parse_rules
 from .simsession import Close, Drop, SimSession, Stall, StartResponse, Step
 
 DEFAULT_PORT = DEFAULT_PORTS["simulate"]
-BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 
 
 @dataclasses.dataclass
@@ -128,10 +128,8 @@ class Simulator:
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         request = ws.request
-        dialect, model = route(request.path) or ("ga", "gpt-realtime")
-        offered = ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
-        if request.headers.get("OpenAI-Beta", "").lower() == "realtime=v1" or BETA_SUBPROTOCOL in offered:
-            dialect = "beta"
+        _, model = route(request.path) or ("ga", "gpt-realtime")
+        dialect = events.dialect(request.path, request.headers.raw_items())
         index = self._count
         self._count += 1
         rng = random.Random(f"{self.seed}/{index}")

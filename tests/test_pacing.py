@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from analyzer.reproduce.pacing import DONE, IdMap, Pacer, Send, Step, Wait, plan, serve_plan
+from analyzer.reproduce.pacing import DONE, IdMap, Pacer, Send, Step, Wait, count_responses, plan, serve_plan
 from recorder.capture import Capture, Message
 
 
@@ -183,6 +183,25 @@ def test_after_the_last_step_it_waits_for_the_recorded_responses_to_end() -> Non
     late = Pacer([step(1)], start=0.0, expected_done=1)
     sent(late.next(0.0))
     assert late.next(10.0) is DONE  # the response never ended: done waiting all the same
+
+
+def test_a_replay_waits_for_the_responses_the_recording_started_to_end() -> None:
+    # Recorded: the connection dropped during the response, so no response.done. The
+    # replay still waits for its own response to end, by a response.done or a drop.
+    dropped = capture(
+        (0.0, "received", ev("session.created")),
+        (1.0, "sent", ev("response.create")),
+        (1.1, "received", ev("response.created", response={"id": "resp_A"})),
+        (1.2, "received", ev("response.output_audio.delta", delta="")),
+    )
+    assert count_responses(dropped) == 1 and count_responses(TRUNCATING) == 1
+    pacer = Pacer(plan(dropped), start=0.0, expected_done=count_responses(dropped))
+    pacer.on_event(ev("session.created"), 0.0)
+    assert sent(pacer.next(1.0)) == 0
+    pacer.on_event(ev("response.created"), 1.1)
+    assert pacer.next(1.2) == Wait(11.0)
+    pacer.on_close(1.5)
+    assert pacer.next(1.5) is DONE
 
 
 def test_a_closed_connection_ends_it() -> None:

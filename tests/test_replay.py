@@ -250,3 +250,35 @@ def test_an_unreachable_target_is_one_error_line_and_leaves_nothing(tmp_path: Pa
         result.stderr.startswith("rtcap: error: cannot replay to ws://127.0.0.1:9") and result.stderr.count("\n") == 1
     )
     assert list(captures.rglob("*.msgpack")) == []
+
+
+# -- a connection dropped during a response --------------------------------------------------
+
+
+def record_dropped_session(simulator_url: str, root: Path) -> Path:
+    """A session whose first response is cut off: the server drops the connection."""
+    from websockets.exceptions import ConnectionClosed
+
+    with ProxyThread(RecordingProxy(simulator_url, root)) as proxy:
+        with connect(proxy.url + REALTIME) as ws:
+            ws.recv()
+            ws.send(json.dumps({"type": "response.create"}))
+            with pytest.raises(ConnectionClosed):
+                until_done(ws)
+    [path] = capture_files(root)
+    return path
+
+
+def test_a_dropped_connection_is_a_failure_to_reproduce(start_simulator, tmp_path: Path) -> None:
+    simulator = start_simulator("drop nth=1")
+    root = tmp_path / "captures"
+    capture = read_capture(record_dropped_session(simulator.url, root))
+    # The failures view and replay agree on what failed: the close, during response 0.
+    [row] = open_captures(root).sql("SELECT class, source FROM failures").to_pylist()
+    assert row == {"class": "connection", "source": "close"}
+    result = run(capture, to=simulator.url, captures=root, speed=100, timeout=5, failure="any")
+    target = result["target"]
+    assert (target["source"], target["error_type"], target["response_index"]) == ("close", "connection_closed", 0)
+    assert set(target) == {"seq", "source", "error_type", "code", "message", "response_index"}
+    assert (result["reproduced"], result["of"]) == (1, 1)
+    assert result["replays"][0]["failure"]["source"] == "close"

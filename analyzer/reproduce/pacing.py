@@ -113,9 +113,14 @@ def serve_plan(capture: Capture, speed: float = 1.0) -> list[Step]:
     return steps
 
 
-def count_done(capture: Capture) -> int:
-    """How many responses ended (``response.done``) in the recording."""
-    return sum(1 for _, event in recorded_events(capture) if events.event_type(event) == events.RESPONSE_DONE)
+def count_responses(capture: Capture) -> int:
+    """How many responses the recording started: a replay waits for as many to end.
+
+    Started, not ended: a recording that ends during a response (a dropped connection)
+    holds a failure, and only a replay that waits for its own response to end, one way
+    or the other, can see whether that failure comes back."""
+    started = events.RESPONSE_STARTED
+    return sum(1 for _, event in recorded_events(capture) if events.event_type(event) == started)
 
 
 class IdMap:
@@ -208,7 +213,8 @@ class Pacer:
     it goes anyway and a note says so); for the server ids it refers to (``timeout`` seconds
     more at most); and for its time (``not_before_s`` after the previous step for
     ``causal``, after ``start`` for ``timed``, none for ``asap``). After the last step it
-    waits, ``timeout`` seconds at most, for as many ``response.done`` as the recording had.
+    waits, ``timeout`` seconds at most, for ``expected_done`` responses to have ended
+    (``response.done``; the end of the connection ends them all).
 
     ``absolute`` counts the other side from the start instead of since the previous step
     (serve: a server message goes once as many client messages as preceded it have come).

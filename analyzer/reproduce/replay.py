@@ -23,7 +23,7 @@ from recorder.proxy import HOP_HEADERS as PROXY_HOP_HEADERS
 from recorder.redact import REDACTED, SECRET_SUBPROTOCOL_PREFIXES
 from recorder.session import SessionRecorder, now_ns, who_closed
 
-from .pacing import Done, IdMap, Pacer, Wait, count_done, plan, recorded_events
+from .pacing import Done, IdMap, Pacer, Wait, count_responses, plan, recorded_events
 
 # The proxy's hop-by-hop headers, and the recorded client's User-Agent: a replay is
 # rtcap talking, not the app.
@@ -150,7 +150,7 @@ async def replay(
             start=loop.time(),
             timeout=timeout,
             ids=IdMap(capture) if map_ids else None,
-            expected_done=count_done(capture),
+            expected_done=count_responses(capture),
         )
         woken = asyncio.Event()
 
@@ -184,7 +184,8 @@ async def replay(
         await asyncio.wait([reader], timeout=timeout)
         closed_by, code, reason = who_closed(ws.protocol, peer="server", local="client")
     recorder.end(now_ns(), closed_by=closed_by, code=code, reason=reason)
-    return {"session_id": recorder.session_id, "received": received, "notes": pacer.notes}
+    end = {"closed_by": closed_by, "code": code, "reason": reason}
+    return {"session_id": recorder.session_id, "received": received, "end": end, "notes": pacer.notes}
 
 
 def run(
@@ -204,7 +205,9 @@ def run(
     url = target_url(capture, to)
     headers, protocols = connection_headers(capture, url, extra_headers)
     recorded = recorded_events(capture)
-    target = next((f for f in events.failures(recorded) if events.failure_matches(f, failure)), None)
+    # The end counts: a connection dropped during a response is a failure, as in the
+    # failures view, and the replay's own end is judged the same way.
+    target = next((f for f in events.failures(recorded, capture.end) if events.failure_matches(f, failure)), None)
     expected_shape = shape(recorded)
     entries = []
     for _ in range(repeat):
@@ -221,7 +224,7 @@ def run(
                 map_ids=map_ids,
             )
         )
-        found = [f for f in events.failures(result["received"]) if events.failure_matches(f, failure)]
+        found = [f for f in events.failures(result["received"], result["end"]) if events.failure_matches(f, failure)]
         hit = next(
             (
                 f

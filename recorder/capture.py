@@ -5,10 +5,10 @@ A capture file is a sequence of frames. Each frame is::
     SYNC (4 bytes) | length of body (uint32 LE) | CRC-32 of body (uint32 LE) | body
 
 and each body is one msgpack record. The first record is the header (a map with
-``kind: "header"``), then one record per message (an array, the hot path), then an
-end record (a map with ``kind: "end"``). A reader that meets a frame whose length or
-checksum does not hold skips forward to the next ``SYNC`` and resumes there, so a
-torn or corrupted file still yields every intact record.
+``kind: "header"`` and the ``format`` version), then one record per message (an array,
+the hot path), then an end record (a map with ``kind: "end"``). A reader that meets a
+frame whose length or checksum does not hold skips forward to the next ``SYNC`` and
+resumes there, so a torn or corrupted file still yields every intact record.
 
 A message record is ``[1, seq, t_ns, direction, opcode, payload, splices, flags]``:
 
@@ -16,11 +16,17 @@ A message record is ``[1, seq, t_ns, direction, opcode, payload, splices, flags]
 - ``opcode``: 1 text, 2 binary;
 - ``payload``: the message's bytes, with each base64 audio string cut out;
 - ``splices``: ``None`` or a list of ``[offset, audio]`` where ``audio`` is the
-  decoded bytes, or ``[byte_count, fill_byte]`` when audio was not stored;
+  decoded bytes, or ``[offset, byte_count, fill_byte]`` when audio was not stored;
 - ``flags``: ``REDACTED`` and ``AUDIO_DROPPED`` bits.
 
 Rebuilding a message puts the base64 of each audio back at its offset, which gives
 the original bytes exactly (audio is only cut out when its base64 round-trips).
+
+Both readers, :func:`read_capture` (objects) and :func:`read_columns` (columns, for the
+index), take one path: frames, raw records, migration of each raw record from the
+header's version to :data:`FORMAT_VERSION` (:data:`MIGRATIONS`), validation
+(:data:`DECODERS`), then objects or columns. Only the header's place and its ``format``
+field are fixed across versions: everything else may change, with a migration.
 """
 
 from __future__ import annotations
@@ -149,7 +155,12 @@ def make_private_dirs(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Reading
+# Reading: one path for both readers.
+#
+#   frames -> raw records (unpacked msgpack) -> migration to FORMAT_VERSION -> validation
+#
+# ``_records`` walks that path; ``parse`` turns the messages it yields into ``Message``
+# objects, ``parse_columns`` into ``Columns`` for the index.
 
 
 @dataclasses.dataclass(slots=True)
@@ -209,9 +220,32 @@ class Capture:
         return str(self.header.get("session_id") or self.path.stem)
 
 
+def iter_frames(data: bytes | mmap.mmap, start: int = 0) -> Iterator[tuple[int, bytes | None, int]]:
+    """Yield ``(offset, body, 0)`` for each intact frame from byte ``start`` on, and
+    ``(offset, None, n)`` for each run of ``n`` bytes that had to be skipped (a torn tail
+    included). Offsets count from the beginning of ``data``."""
+    size = len(data)
+    pos = start
+    unpack_from, crc32 = _FRAME.unpack_from, zlib.crc32
+    while pos < size:
+        if size - pos >= FRAME_OVERHEAD:
+            sync, length, crc = unpack_from(data, pos)
+            end = pos + FRAME_OVERHEAD + length
+            if sync == SYNC and length < MAX_RECORD and end <= size:
+                body = data[pos + FRAME_OVERHEAD : end]
+                if crc32(body) == crc:
+                    yield pos, body, 0
+                    pos = end
+                    continue
+        nxt = data.find(SYNC, pos + 1)
+        nxt = size if nxt < 0 else nxt
+        yield pos, None, nxt - pos
+        pos = nxt
+
+
 def _valid_message(record: Any) -> bool:
-    """Whether an unpacked record is a well-formed message record (a CRC does not prove it:
-    bytes can frame correctly and still not be one of ours)."""
+    """Whether a record is a well-formed message in the in-memory layout (a CRC does not
+    prove it: bytes can frame correctly and still not be one of ours)."""
     if not (type(record) is list and len(record) == 8 and record[0] == MESSAGE):
         return False
     _, seq, t_ns, direction, opcode, payload, splices, flags = record
@@ -226,13 +260,17 @@ def _valid_message(record: Any) -> bool:
     )
 
 
-def _message(record: list[Any]) -> Message | None:
-    if not _valid_message(record):
-        return None
-    _, seq, t_ns, direction, opcode, payload, splices, flags = record
-    if splices is not None and flags & AUDIO_DROPPED:
-        splices = [[off, bytes([fill]) * count] for off, count, fill in splices]
-    return Message(seq, t_ns, DIRECTIONS[direction], OPCODES[opcode], payload, splices, flags)
+def _valid_splices(splices: Any, flags: int, size: int) -> bool:
+    if type(splices) is not list:
+        return False
+    if flags & AUDIO_DROPPED:
+        return all(_is_dropped_splice(s, size) for s in splices)
+    for splice in splices:  # the common case, checked without a call per splice
+        if not (type(splice) is list and len(splice) == 2 and type(splice[0]) is int):
+            return False
+        if not (0 <= splice[0] <= size and type(splice[1]) is bytes):
+            return False
+    return True
 
 
 def _is_dropped_splice(splice: Any, size: int) -> bool:
@@ -246,38 +284,137 @@ def _is_dropped_splice(splice: Any, size: int) -> bool:
     )
 
 
-def iter_frames(data: bytes | mmap.mmap) -> Iterator[tuple[int, bytes | None, int]]:
-    """Yield ``(offset, body, skipped)`` for each intact frame, and ``(offset, None, n)``
-    for each run of ``n`` bytes that had to be skipped (including a torn tail)."""
-    size = len(data)
-    pos = 0
-    while pos < size:
-        if size - pos >= FRAME_OVERHEAD and data[pos : pos + 4] == SYNC:
-            _, length, crc = _FRAME.unpack_from(data, pos)
-            end = pos + FRAME_OVERHEAD + length
-            if length < MAX_RECORD and end <= size:
-                body = bytes(data[pos + FRAME_OVERHEAD : end])
-                if zlib.crc32(body) == crc:
-                    yield pos, body, 0
-                    pos = end
-                    continue
-        nxt = data.find(SYNC, pos + 1)
-        nxt = size if nxt < 0 else nxt
-        yield pos, None, nxt - pos
-        pos = nxt
+def _decode_v1(record: Any) -> Any:
+    # Version 1 writes messages in the in-memory layout: a valid one is returned as it is,
+    # which keeps the index's hot loop free of any object msgpack did not make.
+    if type(record) is list:
+        return record if _valid_message(record) else None
+    if type(record) is dict and record.get("kind") in ("header", "end"):
+        return record
+    return None
 
 
-def _unpack(body: bytes) -> Any:
-    try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=True)
-    except Exception:
-        # msgpack raises many kinds of error for bytes that frame correctly but are not
-        # one valid record; all of them mean the same thing here: a corrupt record.
+RawRecord = Any
+"""A record as msgpack unpacked it, before validation: any msgpack value."""
+
+MIGRATIONS: dict[int, Callable[[RawRecord], RawRecord]] = {}
+"""``MIGRATIONS[n]`` turns a raw record of format version ``n`` (header, message or end)
+into the same record in version ``n + 1``. Migrations run before validation, so they must
+pass through anything they do not recognise; one that raises marks the record malformed."""
+
+DECODERS: dict[int, Callable[[RawRecord], RawRecord]] = {1: _decode_v1}
+"""``DECODERS[n]`` validates a raw record of format version ``n``. It returns a message as
+the list ``[MESSAGE, seq, t_ns, direction, opcode, payload, splices, flags]`` (the layout
+the module docstring describes), a header or end record as its map, and ``None`` for
+anything malformed. Only ``DECODERS[FORMAT_VERSION]`` is used: older records are migrated
+to the current version first."""
+
+
+def _check_version(version: Any, path: Path) -> str | None:
+    """The one version check: a newer version is an error, a missing or invalid one a
+    problem (returned), a known one ``None``."""
+    if type(version) is not int or version < 1:
+        return f"header has no valid format version ({version!r})"
+    if version > FORMAT_VERSION:
+        raise CaptureError(
+            f"{path}: capture format version {version} is newer than this rtcap reads "
+            f"(version {FORMAT_VERSION}); upgrade rtcap"
+        )
+    return None
+
+
+def _migration(version: int) -> Callable[[RawRecord], RawRecord] | None:
+    """The migrations from ``version`` to the current one, composed; ``None`` when there
+    are none, so that reading a current file costs no call per record."""
+    steps = [MIGRATIONS[n] for n in range(version, FORMAT_VERSION)]
+    if not steps:
         return None
 
+    def migrate(record: RawRecord) -> RawRecord:
+        for step in steps:
+            record = step(record)
+        return record
 
-_MIGRATIONS: dict[int, Callable[[dict[str, Any], list[Any]], tuple[dict[str, Any], list[Any]]]] = {}
-"""Version N -> N+1 record migrations, applied in turn when reading an older file."""
+    return migrate
+
+
+@dataclasses.dataclass(slots=True)
+class _Scan:
+    """What reading found besides the messages, filled in as :func:`_records` goes."""
+
+    version: int
+    stop: int
+    header: dict[str, Any] | None = None
+    end: dict[str, Any] | None = None
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+
+def _records(data: bytes | mmap.mmap, start: int, locked: bool, scan: _Scan, path: Path) -> Iterator[list[Any]]:
+    """The one reading path: yields each valid message from byte ``start`` on, in the
+    layout :data:`DECODERS` return. Header, end, problems, the version read and the offset
+    to resume from land in ``scan``. Raises only :class:`CaptureError`."""
+    problem = _check_version(scan.version, path)
+    if problem is not None:
+        scan.problems.append(problem)
+        scan.version = FORMAT_VERSION
+    migrate = _migration(scan.version)
+    decode = DECODERS[FORMAT_VERSION]
+    unpackb, problems, size = msgpack.unpackb, scan.problems, len(data)
+    want_header = start == 0  # until a record is accepted: the header must come first
+    overhead = FRAME_OVERHEAD
+    for offset, body, skipped in iter_frames(data, start):
+        if body is None:
+            if locked and offset + skipped == size:
+                break  # a record still being written: not damage, and the next read resumes here
+            problems.append(f"skipped {skipped} unreadable bytes at offset {offset}")
+            scan.stop = offset + skipped
+            continue
+        scan.stop = offset + overhead + len(body)
+        try:
+            record = unpackb(body, raw=False)
+        except Exception:
+            # msgpack raises many kinds of error for bytes that frame correctly but are not
+            # one valid record; all of them mean the same thing here: a corrupt record.
+            record = None
+        is_header = want_header and type(record) is dict and record.get("kind") == "header"
+        if is_header:
+            # The header names the version of every record after it, itself included.
+            problem = _check_version(record.get("format"), path)
+            if problem is None:
+                scan.version = record["format"]
+                migrate = _migration(scan.version)
+            else:
+                problems.append(problem)
+        if migrate is not None:
+            try:
+                record = migrate(record)
+            except Exception:
+                record = None  # migrations see unvalidated records: one they choke on is corrupt
+        record = decode(record)
+        if record is None:
+            problems.append(f"skipped a malformed record at offset {offset}")
+            continue
+        if want_header:
+            want_header = False
+            if is_header:
+                scan.header = record
+                continue
+            problems.append("no header record")
+        if type(record) is list:
+            yield record
+        elif record.get("kind") == "end" and scan.end is None:
+            scan.end = record
+        else:
+            problems.append(f"skipped a malformed record at offset {offset}")
+    if want_header and not locked:  # an open file may not have written its header yet
+        problems.append("no header record")
+
+
+def _message(record: list[Any]) -> Message:
+    _, seq, t_ns, direction, opcode, payload, splices, flags = record
+    if splices is not None and flags & AUDIO_DROPPED:
+        splices = [[off, bytes([fill]) * count] for off, count, fill in splices]
+    return Message(seq, t_ns, DIRECTIONS[direction], OPCODES[opcode], payload, splices, flags)
 
 
 def parse(
@@ -285,53 +422,16 @@ def parse(
 ) -> Capture:
     """Parse a capture held in memory. Never raises anything but :class:`CaptureError`.
     With ``max_messages``, stop after that many messages (the end record is then unknown)."""
-    header: dict[str, Any] | None = None
-    end: dict[str, Any] | None = None
+    scan = _Scan(FORMAT_VERSION, 0)
     messages: list[Message] = []
-    problems: list[str] = []
-    records = 0
     stopped_early = False
-    for offset, body, skipped in iter_frames(data):
-        if body is None:
-            # A torn tail of a file still being written is a record in progress.
-            if not (locked and offset + skipped == len(data)):
-                problems.append(f"skipped {skipped} unreadable bytes at offset {offset}")
-            continue
-        record = _unpack(body)
-        if isinstance(record, list) and record and record[0] == MESSAGE:
-            message = _message(record)
-            if message is not None:
-                messages.append(message)
-                records += 1
-                if max_messages is not None and len(messages) >= max_messages:
-                    stopped_early = True
-                    break
-                continue
-        elif isinstance(record, dict) and record.get("kind") == "header" and header is None and records == 0:
-            header = record
-            records += 1
-            continue
-        elif isinstance(record, dict) and record.get("kind") == "end" and end is None:
-            end = record
-            records += 1
-            continue
-        problems.append(f"skipped a malformed record at offset {offset}")
-    if header is None:
-        problems.append("no header record")
-        header = {}
-    else:
-        version = header.get("format")
-        if type(version) is not int or version < 1:
-            problems.append(f"header has no valid format version ({version!r})")
-        elif version > FORMAT_VERSION:
-            raise CaptureError(
-                f"{path}: capture format version {version} is newer than this rtcap reads "
-                f"(version {FORMAT_VERSION}); upgrade rtcap"
-            )
-        else:
-            for step in range(version, FORMAT_VERSION):
-                header, messages = _MIGRATIONS[step](header, messages)
-    if end is None and not locked and not stopped_early:
+    for record in _records(data, 0, locked, scan, path):
+        messages.append(_message(record))
+        if max_messages is not None and len(messages) >= max_messages:
+            stopped_early = True
+            break
+    problems = scan.problems
+    if scan.end is None and not locked and not stopped_early:
         problems.append("no end record: the recording process stopped before the session ended")
     if locked:
         state = "open"
@@ -339,7 +439,7 @@ def parse(
         state = "damaged"
     else:
         state = "closed"
-    return Capture(path, header, messages, end, state, problems)
+    return Capture(path, scan.header or {}, messages, scan.end, state, problems)
 
 
 def is_locked(fd: int) -> bool:
@@ -398,6 +498,9 @@ class Columns:
     stop: int
     """Offset just past the last intact record read: where an update resumes."""
     locked: bool
+    version: int
+    """The format version the records were read as: the header's, else the one passed in,
+    else the current one. An update resuming at ``stop`` passes it back as ``version``."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -405,103 +508,64 @@ def _placeholder(size: int) -> bytes:
     return f"<audio {size} bytes>".encode()
 
 
-def read_columns(path: str | os.PathLike[str], start: int = 0) -> Columns:
+def read_columns(path: str | os.PathLike[str], start: int = 0, *, version: int | None = None) -> Columns:
     """Read a capture's records from byte ``start`` on, as columns. Raises only
-    :class:`CaptureError`; damage is listed in ``problems``."""
+    :class:`CaptureError`; damage is listed in ``problems``.
+
+    Resuming mid-file (``start > 0``) skips the header, so pass the ``version`` an earlier
+    read reported in :attr:`Columns.version`; the default is the current version."""
     path = Path(path)
-    cols = Columns(None, None, [], [], [], [], [], [], [], [], [], start, False)
     try:
         with open(path, "rb") as f:
-            cols.locked = is_locked(f.fileno())
+            locked = is_locked(f.fileno())
             size = os.fstat(f.fileno()).st_size
-            if size <= start:
-                return cols
+            if size <= start:  # nothing new, and an empty file cannot be mapped
+                return parse_columns(b"", start, path, locked=locked, version=version)
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                _read_columns(data, start, cols, path)
+                return parse_columns(data, start, path, locked=locked, version=version)
     except OSError as e:
         raise CaptureError(f"cannot read {path}: {e.strerror or e}") from None
-    return cols
 
 
-def _read_columns(data: mmap.mmap, start: int, cols: Columns, path: Path) -> None:
-    # The index reads every message of every capture: this loop avoids any object per
-    # message beyond what msgpack returns, and checks each record's shape as it goes.
-    view = data[start:] if start else data
-    size = len(view)
-    unpack_from, crc32, unpackb = _FRAME.unpack_from, zlib.crc32, msgpack.unpackb
+def parse_columns(
+    data: bytes | mmap.mmap,
+    start: int = 0,
+    path: Path = Path("-"),
+    *,
+    locked: bool = False,
+    version: int | None = None,
+) -> Columns:
+    """Parse a capture held in memory from byte ``start`` on, as columns (see
+    :func:`read_columns`). Never raises anything but :class:`CaptureError`."""
+    scan = _Scan(FORMAT_VERSION if version is None else version, start)
+    cols = Columns(None, None, [], [], [], [], [], [], [], [], scan.problems, start, locked, scan.version)
     seqs, times, directions, texts = cols.seq, cols.t_ns, cols.direction, cols.text
     payloads, wires, audios, redactions = cols.payload, cols.wire_bytes, cols.audio_bytes, cols.redacted
-    pos = 0
-    while pos < size:
-        if size - pos >= FRAME_OVERHEAD and view[pos : pos + 4] == SYNC:
-            _, length, crc = unpack_from(view, pos)
-            end = pos + FRAME_OVERHEAD + length
-            if end <= size:
-                body = view[pos + FRAME_OVERHEAD : end]
-                if crc32(body) == crc:
-                    try:
-                        record = unpackb(body, raw=False)
-                    except Exception:
-                        record = None
-                    if type(record) is list and record and record[0] == MESSAGE:
-                        if _valid_message(record):
-                            _, seq, t_ns, direction, opcode, payload, splices, flags = record
-                            seqs.append(seq)
-                            times.append(t_ns)
-                            directions.append(direction)
-                            is_text = opcode == TEXT
-                            texts.append(is_text)
-                            audio = 0
-                            wire = len(payload)
-                            if splices:
-                                parts, position = [], 0
-                                for splice in splices:
-                                    # Stored audio is [offset, bytes]; dropped audio [offset, count, fill].
-                                    n = len(splice[1]) if type(splice[1]) is bytes else splice[1]
-                                    parts.append(payload[position : splice[0]])
-                                    parts.append(_placeholder(n))
-                                    position = splice[0]
-                                    audio += n
-                                    wire += 4 * ((n + 2) // 3)
-                                parts.append(payload[position:])
-                                payload = b"".join(parts)
-                            payloads.append(payload.decode("utf-8", errors="replace") if is_text else None)
-                            wires.append(wire)
-                            audios.append(audio)
-                            redactions.append(bool(flags & REDACTED))
-                        else:
-                            cols.problems.append(f"skipped a malformed record at offset {start + pos}")
-                    elif type(record) is dict and record.get("kind") == "header" and cols.header is None and start == 0:
-                        version = record.get("format")
-                        if type(version) is int and version > FORMAT_VERSION:
-                            raise CaptureError(
-                                f"{path}: capture format version {version} is newer than this rtcap reads"
-                            )
-                        cols.header = record
-                    elif type(record) is dict and record.get("kind") == "end" and cols.end is None:
-                        cols.end = record
-                    else:
-                        cols.problems.append(f"skipped a malformed record at offset {start + pos}")
-                    pos = end
-                    cols.stop = start + pos
-                    continue
-        following = view.find(SYNC, pos + 1)
-        following = size if following < 0 else following
-        if cols.locked and following == size:
-            break  # a record still being written: the next update reads it
-        cols.problems.append(f"skipped {following - pos} unreadable bytes at offset {start + pos}")
-        pos = following
-        cols.stop = start + pos
-
-
-def _valid_splices(splices: Any, flags: int, size: int) -> bool:
-    if type(splices) is not list:
-        return False
-    if flags & AUDIO_DROPPED:
-        return all(_is_dropped_splice(s, size) for s in splices)
-    for splice in splices:  # the common case, checked without a call per splice
-        if not (type(splice) is list and len(splice) == 2 and type(splice[0]) is int):
-            return False
-        if not (0 <= splice[0] <= size and type(splice[1]) is bytes):
-            return False
-    return True
+    # The index reads every message of every capture: this loop makes no object per
+    # message beyond what msgpack returns and what the columns hold.
+    for _, seq, t_ns, direction, opcode, payload, splices, flags in _records(data, start, locked, scan, path):
+        seqs.append(seq)
+        times.append(t_ns)
+        directions.append(direction)
+        is_text = opcode == TEXT
+        texts.append(is_text)
+        audio = 0
+        wire = len(payload)
+        if splices:
+            parts, position = [], 0
+            for splice in splices:
+                # Stored audio is [offset, bytes]; dropped audio [offset, count, fill].
+                n = len(splice[1]) if type(splice[1]) is bytes else splice[1]
+                parts.append(payload[position : splice[0]])
+                parts.append(_placeholder(n))
+                position = splice[0]
+                audio += n
+                wire += 4 * ((n + 2) // 3)
+            parts.append(payload[position:])
+            payload = b"".join(parts)
+        payloads.append(payload.decode("utf-8", errors="replace") if is_text else None)
+        wires.append(wire)
+        audios.append(audio)
+        redactions.append(bool(flags & REDACTED))
+    cols.header, cols.end, cols.stop, cols.version = scan.header, scan.end, scan.stop, scan.version
+    return cols

@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 
 from analyzer.export import export_rows
 from recorder import capture
-from recorder.capture import CaptureError, CaptureWriter, parse, read_capture
+from recorder.capture import (
+    Capture,
+    CaptureError,
+    CaptureWriter,
+    Columns,
+    parse,
+    parse_columns,
+    read_capture,
+    read_columns,
+)
 from recorder.session import RECEIVED, SENT, SessionRecorder, capture_path, new_session_id, parse_labels
 
 DATA = Path(__file__).parent / "data"
@@ -198,10 +207,35 @@ def test_a_corrupt_record_is_skipped_and_the_rest_recovered() -> None:
     assert [m.seq for m in got.messages] == [0] and got.state == "damaged"
 
 
-def test_a_newer_format_is_a_clear_error() -> None:
-    newer = capture.frame(capture.msgpack.packb({"kind": "header", "format": capture.FORMAT_VERSION + 1}))
+def test_a_newer_format_is_a_clear_error_to_both_readers(tmp_path: Path) -> None:
+    newer = capture.header_record({"format": capture.FORMAT_VERSION + 1})
+    newer += capture.message_record(0, 5, 0, 1, b"{}", None, 0)
     with pytest.raises(CaptureError, match="newer than this rtcap reads"):
         parse(newer)
+    with pytest.raises(CaptureError, match="newer than this rtcap reads"):
+        parse_columns(newer)
+    (tmp_path / "newer.msgpack").write_bytes(newer)
+    with pytest.raises(
+        CaptureError, match=rf"newer\.msgpack: capture format version {capture.FORMAT_VERSION + 1} is newer"
+    ):
+        read_capture(tmp_path / "newer.msgpack")
+    with pytest.raises(CaptureError, match="newer than this rtcap reads"):
+        read_columns(tmp_path / "newer.msgpack")
+    # Resuming mid-file with the version an earlier read found is checked the same way.
+    with pytest.raises(CaptureError, match="newer than this rtcap reads"):
+        read_columns(GOLDEN_PATH, 100, version=capture.FORMAT_VERSION + 1)
+
+
+@pytest.mark.parametrize("version", [None, "1", 0, -3, 1.0])
+def test_a_missing_or_invalid_version_is_damage(version: object) -> None:
+    fields = {"kind": "header", "session_id": "s"} | ({} if version is None else {"format": version})
+    header = capture.frame(capture.msgpack.packb(fields))
+    data = header + capture.message_record(0, 5, 0, 1, b"{}", None, 0) + capture.end_record({"t_ns": 9})
+    got, cols = read_both(data)
+    assert got.state == "damaged"
+    assert got.problems == [f"header has no valid format version ({version!r})"]
+    assert [m.seq for m in got.messages] == cols.seq == [0]
+    assert cols.version == capture.FORMAT_VERSION  # read as the current version, the best guess
 
 
 def test_missing_file_is_a_capture_error(tmp_path: Path) -> None:
@@ -221,49 +255,74 @@ def test_golden_files_still_read_the_same(version: int) -> None:
     assert got.end is not None and got.end["closed_by"] == "server"
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(st.binary(max_size=2048))
-def test_any_bytes_yield_records_or_a_capture_error(data: bytes) -> None:
+def read_both(data: bytes, *, locked: bool = False) -> tuple[Capture, Columns]:
+    """Both readers on the same bytes. They share one path, so they must agree on every
+    message, on header and end, and on every problem (bar the end record, which only a
+    whole-file reader can miss: the index judges that itself)."""
     try:
-        got = parse(data)
+        got = parse(data, locked=locked)
+    except CaptureError:
+        with pytest.raises(CaptureError):
+            parse_columns(data, locked=locked)
+        raise
+    cols = parse_columns(data, locked=locked)
+    assert cols.seq == [m.seq for m in got.messages]
+    assert cols.t_ns == [m.t_ns for m in got.messages]
+    assert [capture.DIRECTIONS[d] for d in cols.direction] == [m.direction for m in got.messages]
+    assert cols.text == [m.opcode == "text" for m in got.messages]
+    assert cols.wire_bytes == [len(m.data()) for m in got.messages]
+    assert cols.audio_bytes == [sum(map(len, m.audio())) for m in got.messages]
+    assert cols.redacted == [m.redacted for m in got.messages]
+    assert [p is None for p in cols.payload] == [m.opcode == "binary" for m in got.messages]
+    assert (cols.header or {}) == got.header and cols.end == got.end
+    assert cols.problems == [p for p in got.problems if not p.startswith("no end record")]
+    assert cols.stop <= len(data) and cols.locked == locked
+    return got, cols
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.binary(max_size=2048), st.booleans())
+def test_any_bytes_yield_records_or_a_capture_error(data: bytes, locked: bool) -> None:
+    try:
+        got, _ = read_both(data, locked=locked)
     except CaptureError:
         return
-    assert got.state in ("closed", "damaged")
-    for message in got.messages:
-        message.data()
+    assert got.state in (("open",) if locked else ("closed", "damaged"))
 
 
-GOLDEN = (DATA / "capture-v1.msgpack").read_bytes()
+GOLDEN_PATH = DATA / "capture-v1.msgpack"
+GOLDEN = GOLDEN_PATH.read_bytes()
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.tuples(st.integers(0, len(GOLDEN) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+    st.lists(st.tuples(st.integers(0, len(GOLDEN) - 1), st.integers(0, 255)), max_size=8),
     st.integers(0, len(GOLDEN)),
+    st.booleans(),
 )
-def test_mutated_captures_yield_records_or_a_capture_error(flips: list[tuple[int, int]], cut: int) -> None:
+def test_mutated_captures_yield_records_or_a_capture_error(
+    flips: list[tuple[int, int]], cut: int, locked: bool
+) -> None:
     data = bytearray(GOLDEN)
     for offset, value in flips:
         data[offset] = value
     try:
-        got = parse(bytes(data[:cut]))
+        _, cols = read_both(bytes(data[:cut]), locked=locked)
     except CaptureError:
         return
-    for message in got.messages:
-        message.data()
+    assert len(cols.seq) <= 8
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(0, len(GOLDEN) - 1), st.integers(0, 255)), max_size=8), st.integers(0, len(GOLDEN))
-)
-def test_the_columnar_reader_survives_damage_too(flips: list[tuple[int, int]], cut: int) -> None:
-    data = bytearray(GOLDEN)
-    for offset, value in flips:
-        data[offset] = value
-    cols = capture.Columns(None, None, [], [], [], [], [], [], [], [], [], 0, False)
-    try:
-        capture._read_columns(bytes(data[:cut]), 0, cols, Path("-"))
-    except CaptureError:
-        return
-    assert len(cols.seq) == len(cols.payload) == len(cols.wire_bytes) <= 8
+@given(st.integers(0, len(GOLDEN)))
+def test_an_update_resumes_where_a_read_of_an_open_file_stopped(cut: int) -> None:
+    # The index reads a capture while it is written, then again from ``stop`` once it has
+    # grown: together the two reads must give exactly what one read of the whole does.
+    first = parse_columns(GOLDEN[:cut], locked=True)
+    rest = parse_columns(GOLDEN, first.stop, version=first.version)
+    whole = parse_columns(GOLDEN)
+    assert first.problems == rest.problems == whole.problems == []
+    assert first.seq + rest.seq == whole.seq
+    assert first.payload + rest.payload == whole.payload
+    assert rest.stop == whole.stop == len(GOLDEN)
+    assert (first.header or rest.header) == whole.header and (first.end or rest.end) == whole.end

@@ -32,10 +32,15 @@ class RtcapGroup(click.Group):
     """Reports every error as one ``rtcap: error: ...`` line, no traceback."""
 
     def main(
-        self, args: Any = None, prog_name: str | None = None, *pos: Any, standalone_mode: bool = True, **kw: Any
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **kw: Any,
     ) -> Any:
         try:
-            rv = super().main(args, prog_name or "rtcap", *pos, standalone_mode=False, **kw)
+            rv = super().main(args, prog_name or "rtcap", complete_var, standalone_mode=False, **kw)
         except click.exceptions.Abort:
             _fail("interrupted", 130)
         except click.UsageError as e:

@@ -43,8 +43,8 @@ async def _sdk_session(url: str, rng: random.Random) -> None:
     async with client.realtime.connect(model="gpt-realtime") as conn:
         await conn.session.update(session=traffic.session_update(rng))  # type: ignore[arg-type]
         for _ in range(rng.randint(3, 5)):
-            for event in traffic.turn_events(rng):
-                await conn.send(event)  # type: ignore[arg-type]
+            for client_event in traffic.turn_events(rng):
+                await conn.send(client_event)  # type: ignore[arg-type]
             async for event in conn:
                 if event.type == "response.done":
                     output = event.response.output or []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import IO
+from typing import IO, Any
 
 import pyarrow as pa
 
@@ -43,7 +43,8 @@ def list_sessions(
     limit: int | None = None,
 ) -> pa.Table:
     """``rtcap sessions``: one row per session, newest first, filtered."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     if failed:
         where.append("failed")
     for key, value in (labels or {}).items():
@@ -63,7 +64,8 @@ def list_sessions(
 
 def session_events(captures: Captures, session_id: str, around: int | None, context: int) -> pa.Table:
     """The events of one session, optionally only those around a seq."""
-    where, params = ["session_id = ?"], [session_id]
+    where = ["session_id = ?"]
+    params: list[Any] = [session_id]
     if around is not None:
         where.append("seq BETWEEN ? AND ?")
         params += [around - context, around + context]
@@ -78,9 +80,10 @@ def render_timeline(events: pa.Table, out: IO[str], *, color: bool) -> None:
     """Print the timeline of a session's events."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import JustifyMethod
 
     view = Table(show_edge=False, header_style="bold", box=None)
-    for name, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("seq", "right"),
         ("t", "right"),
         ("gap", "right"),
@@ -88,7 +91,8 @@ def render_timeline(events: pa.Table, out: IO[str], *, color: bool) -> None:
         ("type", "left"),
         ("size", "right"),
         ("summary", "left"),
-    ):
+    )
+    for name, justify in columns:
         view.add_column(
             name, justify=justify, no_wrap=name != "summary", overflow="ellipsis" if name != "summary" else "fold"
         )

@@ -31,7 +31,7 @@ from recorder.capture import CaptureError, Columns, make_private_dirs, read_colu
 
 from .locate import capture_files
 
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 PART_ROWS = 200_000  # messages per Parquet segment written at once: bounds memory
 SMALL_SEGMENTS = 8  # more segments than this under PART_ROWS / 4 rows are merged into one
 
@@ -62,6 +62,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("end_error", pa.string()),
         ("format_in", pa.string()),
         ("format_out", pa.string()),
+        ("format", pa.int64()),
     ]
 )
 
@@ -160,7 +161,7 @@ def _read_job(path: Path, start: int, base: dict[str, Any] | None) -> _Read | Ca
     runs in forked worker processes."""
     try:
         stat = path.stat()
-        cols = read_columns(path, start)
+        cols = read_columns(path, start, version=None if base is None else base["format"])
     except (CaptureError, OSError) as e:
         return e if isinstance(e, CaptureError) else CaptureError(f"cannot read {path}: {e}")
     header = cols.header if base is None else None
@@ -253,7 +254,7 @@ class Index:
         self.events_dir = self.dir / "events"
         self.manifest_path = self.dir / "manifest.parquet"
         self._db: Any = None  # a DuckDB connection for parsing payloads, opened when needed
-        self._pending: list[tuple[Path, pa.Table]] = []
+        self._pending: list[tuple[dict[str, Any], pa.Table]] = []
         self._pending_rows = 0
         self._rows: list[dict[str, Any]] | None = None  # the manifest as the last update left it
 
@@ -322,6 +323,7 @@ class Index:
             return None
         if (
             old is not None
+            and old["stop"] > 0  # a header still being written when last read: read it again whole
             and old["ino"] == stat.st_ino
             and stat.st_size >= old["stop"]
             and old["end_t_ns"] is None
@@ -355,6 +357,7 @@ class Index:
             row["messages"] += read.messages
             row["last_t_ns"] = read.last_t_ns
         row["format_in"], row["format_out"] = read.formats
+        row["format"] = read.columns.version
         row.update(size=read.size, mtime_ns=read.mtime_ns, ino=read.ino, stop=read.stop, mark=read.mark)
         if read.end is not None:
             end = read.end
@@ -383,7 +386,7 @@ class Index:
             "url": header.get("url"),
             "dialect": _dialect(header),
             "recorder": header.get("recorder"),
-            "labels": [(str(k), str(v)) for k, v in labels.items()],
+            "labels": [(str(k), str(v)) for k, v in (labels or {}).items()],
             "replay_of": header.get("replay_of"),
             "end_t_ns": None,
             "last_t_ns": None,
@@ -392,6 +395,7 @@ class Index:
             "end_error": None,
             "format_in": "pcm16",
             "format_out": "pcm16",
+            "format": None,
         }
 
     def _write_part(self, row: dict[str, Any], table: pa.Table) -> None:

@@ -290,7 +290,7 @@ def analyse(
     p_raw = fisher_greater(a, n_fail, n_ctrl, k) if names else np.zeros(0)
     p_adj = holm(p_raw) if names else np.zeros(0)
     session_of = {w.id: w.session_id for w in found}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, name in enumerate(names):
         lift = (a[i] / n_fail) / ((c[i] + 0.5) / (n_ctrl + 0.5)) if n_fail else 0.0
         examples = sorted({session_of[w] for w in members[name] & failed_ids})[:3]
@@ -311,7 +311,7 @@ def analyse(
         )
     rows = _merge(rows, members)
     rows.sort(key=lambda r: (r["p_value"], -r["lift"], KIND_ORDER[r["kind"]], len(r["feature"])))
-    window = {
+    settings = {
         "seconds": window_seconds,
         "events": window_events,
         "failure": failure,
@@ -320,7 +320,7 @@ def analyse(
     return {
         "failures": n_fail,
         "controls": n_ctrl,
-        "window": window,
+        "window": settings,
         "summary": summary(failure, rows, n_fail, n_ctrl),
         "features": rows,
     }

@@ -48,7 +48,7 @@ import msgpack
 try:
     from pybase64 import b64encode
 except ImportError:  # the shim can land in an interpreter without it
-    from base64 import b64encode
+    from base64 import b64encode  # type: ignore[assignment]
 
 FORMAT_VERSION = 1
 """The version written into every header. Bump it, add a migration and a golden file."""

@@ -14,6 +14,11 @@ from .listen import DEFAULT_PORTS as DEFAULT_PORTS
 from .listen import parse_listen as parse_listen
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def ws_url(host: str, port: int) -> str:
     """The ws:// URL a server listening on ``host:port`` is reached at."""
     return f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
@@ -33,7 +38,7 @@ async def serve_until_stopped(
     stop = stop or loop.create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            loop.add_signal_handler(sig, _resolve, stop)
     async with server as running:
         host, port = next(iter(running.sockets)).getsockname()[:2]
         ready(first_line(ws_url(host, port)))
@@ -75,7 +80,6 @@ class ServerThread:
     def stop(self) -> None:
         """Stop serving and wait for the thread to end."""
         if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(
-                lambda: self._stop is not None and not self._stop.done() and self._stop.set_result(None)
-            )
+            if self._stop is not None:
+                self._loop.call_soon_threadsafe(_resolve, self._stop)
             self._thread.join(10)

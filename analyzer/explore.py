@@ -78,9 +78,8 @@ def session_events(captures: Captures, session_id: str, around: int | None, cont
 
 def render_timeline(events: pa.Table, out: IO[str], *, color: bool) -> None:
     """Print the timeline of a session's events."""
-    from rich.console import Console
+    from rich.console import Console, JustifyMethod
     from rich.table import Table
-    from rich.text import JustifyMethod
 
     view = Table(show_edge=False, header_style="bold", box=None)
     columns: tuple[tuple[str, JustifyMethod], ...] = (

@@ -1,0 +1,241 @@
+"""What every ``rtcap`` command shares: its errors, options and rendering of results."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEFAULT_CAPTURES = "captures"
+
+
+class Failure(click.ClickException):
+    """The command could not do its job (exit 1)."""
+
+    exit_code = 1
+
+
+class BadUsage(click.UsageError):
+    """Bad input from the user (exit 2)."""
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"rtcap: error: {message}", err=True)
+    sys.exit(code)
+
+
+# -- shared options -------------------------------------------------------------------
+
+
+def captures_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--captures DIR``: the capture root ($RTCAP_CAPTURES, else ./captures)."""
+    return click.option(
+        "--captures",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="RTCAP_CAPTURES",
+        default=DEFAULT_CAPTURES,
+        show_default="$RTCAP_CAPTURES or ./captures",
+        help="Capture directory.",
+    )(command)
+
+
+def listen_option(command_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--listen HOST:PORT`` for a server command, defaulting to 127.0.0.1 and the
+    command's port; the command gets ``(host, port)``."""
+    from recorder.listen import DEFAULT_PORTS, parse_listen
+
+    port = DEFAULT_PORTS[command_name]
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+        try:
+            return parse_listen(value, port)
+        except ValueError as e:
+            raise BadUsage(str(e)) from None
+
+    return click.option(
+        "--listen",
+        default=f"127.0.0.1:{port}",
+        show_default=True,
+        metavar="HOST:PORT",
+        callback=parse,
+        help="Where to listen (port 0 picks a free one).",
+    )
+
+
+def speed_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--speed F``: divide time by F (simulate, replay, serve)."""
+    return click.option(
+        "--speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help=help
+    )
+
+
+def failure_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--failure KIND``: an error type or code, ``server`` or ``any`` (default server_error)."""
+    return click.option("--failure", default="server_error", show_default=True, metavar="KIND", help=help)
+
+
+def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--format`` and ``--output`` for commands with tabular output."""
+    command = click.option(
+        "--output",
+        "-o",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write to FILE (.parquet, .csv, .json, .jsonl).",
+    )(command)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "csv", "json", "jsonl"]),
+        help="Output format (default: table on a terminal, else csv).",
+    )(command)
+
+
+def emit(table: Any, fmt: str | None, output: Path | None) -> None:
+    from analyzer.render import RenderError, output_format, save, write
+
+    try:
+        chosen = output_format(fmt, output)
+    except RenderError as e:
+        raise BadUsage(str(e)) from None
+    if output is None:
+        write(table, chosen, sys.stdout)
+        return
+    try:
+        save(table, chosen, output)
+    except OSError as e:
+        raise Failure(f"cannot write {output}: {e.strerror or e}") from None
+    click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
+
+
+def open_captures_for_cli(captures: Path) -> Any:
+    """Index the capture root (with a progress bar when that takes a while) and open it."""
+    from analyzer.views import open_captures
+
+    if not captures.is_dir():
+        raise Failure(f"no capture directory {captures}")
+    from analyzer.db import ConfigError
+
+    with indexing_progress() as progress:
+        try:
+            return open_captures(captures, progress=progress)
+        except ConfigError as e:
+            raise BadUsage(str(e)) from None
+        except OSError as e:
+            raise Failure(f"cannot index {captures}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def indexing_progress() -> Iterator[Callable[[int, int], None] | None]:
+    """A progress callback that shows a bar on a terminal once indexing takes a moment."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress
+
+    started = time.monotonic()
+    with Progress(transient=True) as bar:
+        task = None
+
+        def advance(done: int, total: int) -> None:
+            nonlocal task
+            if task is None and time.monotonic() - started > 0.5:
+                task = bar.add_task("indexing captures", total=total)
+            if task is not None:
+                bar.update(task, completed=done)
+
+        yield advance
+
+
+def library(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call an analyzer function; a query it makes that DuckDB rejects is a failure."""
+    from analyzer.views import QueryError
+
+    try:
+        return function(*args, **kwargs)
+    except QueryError as e:
+        raise Failure(str(e)) from None
+
+
+def recording_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--label``, ``--no-audio``, ``--redact-header``, ``--redact-query``."""
+    options = [
+        click.option(
+            "--label",
+            "labels",
+            multiple=True,
+            metavar="K=V",
+            help="Label the sessions (repeatable; also $RTCAP_LABELS=k=v,k2=v2).",
+        ),
+        click.option("--no-audio", is_flag=True, help="Keep audio lengths and durations but not the audio bytes."),
+        click.option(
+            "--redact-header",
+            multiple=True,
+            metavar="NAME",
+            help="Also redact this header (repeatable; also $RTCAP_REDACT).",
+        ),
+        click.option(
+            "--redact-query", multiple=True, metavar="NAME", help="Also redact this URL query parameter (repeatable)."
+        ),
+    ]
+    return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+
+
+def labels_from(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``--label K=V`` pairs (and ``$RTCAP_LABELS``) as labels; a malformed one is bad usage."""
+    from recorder.session import parse_labels
+
+    try:
+        return parse_labels(pairs)
+    except ValueError as e:
+        raise BadUsage(str(e)) from None
+
+
+def emit_document(document: dict[str, Any], rows_key: str, fmt: str | None, output: Path | None) -> None:
+    """A result document: the whole document as JSON, else its rows (after its summary)."""
+    import json
+
+    import pyarrow as pa
+
+    from analyzer.render import RenderError, output_format
+
+    try:
+        chosen = output_format(fmt, output)
+    except RenderError as e:
+        raise BadUsage(str(e)) from None
+    if chosen == "json":
+        text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text)
+            click.echo(f"wrote {len(document[rows_key])} rows to {output}", err=True)
+        return
+    rows = [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in row.items()} for row in document[rows_key]]
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"feature": pa.array([], pa.string())})
+    if chosen == "table" and output is None and document.get("summary"):
+        click.echo(document["summary"] + "\n")
+    emit(table, chosen, output)
+
+
+def load(captures: Path, session: str, max_messages: int | None = None) -> Any:
+    """The capture SESSION names (see :func:`analyzer.locate.load_session`)."""
+    from analyzer.locate import SessionNotFound, load_session
+    from recorder.capture import CaptureError
+
+    try:
+        return load_session(captures, session, max_messages)
+    except SessionNotFound as e:
+        raise BadUsage(str(e)) from None
+    except CaptureError as e:
+        raise Failure(str(e)) from None
+
+
+def address(listen: tuple[str, int]) -> str:
+    host, port = listen
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

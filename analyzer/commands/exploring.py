@@ -1,0 +1,153 @@
+"""Exploring: ``rtcap query``, ``sessions``, ``show`` and ``export``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from analyzer.cliutil import (
+    BadUsage,
+    Failure,
+    captures_option,
+    emit,
+    library,
+    load,
+    open_captures_for_cli,
+    output_options,
+)
+
+
+@click.command()
+@click.argument("sql")
+@output_options
+@captures_option
+def query(sql: str, fmt: str | None, output: Path | None, captures: Path) -> None:
+    """Run SQL over every capture (SQL of "-" is read from stdin).
+
+    The views are sessions, events, failures and responses (see the README); queries
+    are read-only. Captures are indexed first, incrementally, into CAPTURES/.rtcap/.
+
+    \b
+    Example:
+      rtcap query "SELECT type, count(*) FROM events WHERE direction = 'received' GROUP BY ALL"
+      rtcap query "SELECT * FROM failures" --output failures.parquet
+    """
+    if sql == "-":
+        sql = sys.stdin.read()
+    opened = open_captures_for_cli(captures)
+    emit(library(opened.sql, sql), fmt, output)
+
+
+@click.command()
+@click.option("--failed", is_flag=True, help="Only sessions with server or connection failures.")
+@click.option("--label", "labels", multiple=True, metavar="K=V", help="Only sessions with this label (repeatable).")
+@click.option(
+    "--since", metavar="WHEN", help="Only sessions started since WHEN: an ISO date or time, or 30m, 2h, 7d ago."
+)
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N sessions (the newest).")
+@output_options
+@captures_option
+def sessions(
+    failed: bool,
+    labels: tuple[str, ...],
+    since: str | None,
+    limit: int | None,
+    fmt: str | None,
+    output: Path | None,
+    captures: Path,
+) -> None:
+    """List recorded sessions, newest first: one row per session.
+
+    \b
+    Example:
+      rtcap sessions --failed --since 2h --label app=kiosk
+    """
+    from analyzer.explore import list_sessions, since_time
+    from recorder.session import parse_labels
+
+    try:
+        wanted = parse_labels(labels, env="")  # filters, not labels to write: $RTCAP_LABELS has no say
+        when = since_time(since) if since else None
+    except ValueError as e:
+        raise BadUsage(str(e)) from None
+    opened = open_captures_for_cli(captures)
+    emit(library(list_sessions, opened, failed=failed, labels=wanted, since=when, limit=limit), fmt, output)
+
+
+@click.command()
+@click.argument("session")
+@click.option("--around", type=int, metavar="SEQ", help="Show only the messages around this seq.")
+@click.option(
+    "--context",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="With --around: N each side.",
+)
+@captures_option
+def show(session: str, around: int | None, context: int, captures: Path) -> None:
+    """Show a session as a timeline: seq, time, gap, direction, type, size, summary.
+
+    Runs of deltas are collapsed into one line; failures are marked (and red on a
+    terminal).
+
+    \b
+    Example:
+      rtcap show 20261125T2341 --around 118 --context 10
+    """
+    from analyzer.explore import render_timeline, session_events
+
+    session_id = load(captures, session, max_messages=1).session_id
+    events = library(session_events, open_captures_for_cli(captures), session_id, around, context)
+    render_timeline(events, sys.stdout, color=sys.stdout.isatty())
+
+
+@click.command()
+@click.argument("session")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout."
+)
+@click.option(
+    "--audio",
+    "audio_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write input.wav and output.wav into DIR.",
+)
+@captures_option
+def export(session: str, output: Path | None, audio_dir: Path | None, captures: Path) -> None:
+    """Print a session's exact messages as JSON lines.
+
+    SESSION is a session id, a unique prefix of one, a capture file, or the server's own
+    session id (sess_...). Each line is {"seq", "t_ns", "direction", "opcode", "data",
+    "redacted"}: data is the exact text of the message, or base64 for a binary one.
+
+    \b
+    Example:
+      rtcap export 20261125T2337 --output session.jsonl
+    """
+    from analyzer.export import write_jsonl
+
+    capture = load(captures, session)
+    if capture.state == "damaged":
+        click.echo(f"rtcap: warning: {capture.path} is damaged: {'; '.join(capture.problems)}", err=True)
+    if audio_dir is not None:
+        from analyzer.audio import write_wavs
+
+        try:
+            durations = write_wavs(capture, audio_dir)
+        except OSError as e:
+            raise Failure(f"cannot write {audio_dir}: {e.strerror or e}") from None
+        for name, seconds in durations.items():
+            click.echo(f"wrote {audio_dir / name} ({seconds:.1f} s)", err=True)
+    if output is None:
+        write_jsonl(capture, sys.stdout)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            count = write_jsonl(capture, f)
+    except OSError as e:
+        raise Failure(f"cannot write {output}: {e.strerror or e}") from None
+    click.echo(f"wrote {count} messages to {output}", err=True)

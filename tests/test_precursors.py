@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from analyzer.cli import cli
 from analyzer.doctor import diagnose
 from analyzer.precursors import analyse, fisher_greater, holm
-from analyzer.sim.traffic import record
+from analyzer.sim.traffic import record_direct
 from analyzer.views import open_captures
 from recorder.capture import CaptureWriter
 from recorder.session import RECEIVED, SENT, SessionRecorder, capture_path, new_session_id
@@ -35,7 +35,7 @@ PLANTED = {
 def corpus(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"precursors-{request.param}") / "captures"
     rules = [BASE] + ([PLANTED[request.param][0]] if request.param in PLANTED else [])
-    record(root, rules, sessions=60, seed=11)
+    record_direct(root, rules, sessions=60, seed=11)  # no sockets: they are not what is tested here
     return request.param, root
 
 
@@ -69,7 +69,7 @@ def test_fisher_and_holm_against_known_values() -> None:
 
 def test_precursors_cli_formats(tmp_path: Path) -> None:
     root = tmp_path / "captures"
-    record(root, [BASE, PLANTED["event"][0]], sessions=12, seed=2, parallel=4)
+    record_direct(root, [BASE, PLANTED["event"][0]], sessions=12, seed=2)
     runner = CliRunner()
     document = json.loads(runner.invoke(cli, ["precursors", "--captures", str(root), "--format", "json"]).stdout)
     assert set(document) == {"failures", "controls", "window", "summary", "features"}

@@ -6,6 +6,8 @@ import asyncio
 import base64
 import json
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +18,13 @@ from pydantic import TypeAdapter
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from analyzer.sim.direct import DirectConnection, Ended
 from analyzer.sim.faults import ClientEvent, Context, RuleError, parse_rule
 from analyzer.sim.simsession import Send, SimSession, Stall, StartResponse
 from analyzer.sim.simulator import running
+from analyzer.sim.traffic import record, record_direct
 from analyzer.sim.voice import MS_PER_CHAR
+from recorder.capture import read_capture
 
 VALIDATORS = {"ga": TypeAdapter(RealtimeServerEvent), "beta": TypeAdapter(BetaServerEvent)}
 TOOLS = [
@@ -386,3 +391,58 @@ def test_a_fault_strikes_even_when_the_response_is_short() -> None:
     sent = drive(session, {"type": "response.create"})
     assert any(e.get("type") == "response.function_call_arguments.delta" for e in sent)
     assert statuses(sent) == ["failed"]
+
+
+# -- without sockets ----------------------------------------------------------------------
+
+
+def wire(root: Path) -> list[tuple]:
+    """Each session's messages each way (``expires_at`` is wall time), and how it ended.
+    How the two directions interleave is left out: over sockets, that is up to timing."""
+    sessions = []
+    for path in sorted(root.rglob("*.msgpack")):
+        capture = read_capture(path)
+        ways = {
+            way: [re.sub(rb'"expires_at":\d+', b"", m.data()) for m in capture.messages if m.direction == way]
+            for way in ("sent", "received")
+        }
+        sessions.append((ways, capture.end["closed_by"], capture.end["code"], capture.header["recorder"]))
+    return sessions
+
+
+def test_direct_sessions_record_what_the_proxy_records(tmp_path: Path) -> None:
+    # One socket session at a time, so the simulator numbers (and seeds) them in order.
+    faults = [
+        "fail p=0.2",
+        "error nth=4 p=0.3",
+        "drop nth=3 p=0.3",
+        "close code=1011 reason=internal_error nth=5 p=0.5",
+        "fail sent=input_audio_buffer.clear p=0.9",
+    ]
+    record(tmp_path / "socket", faults, sessions=6, seed=2, parallel=1)
+    record_direct(tmp_path / "direct", faults, sessions=6, seed=2)
+    direct = wire(tmp_path / "direct")
+    assert direct == wire(tmp_path / "socket")
+    assert {(by, code) for _, by, code, _ in direct} == {
+        ("client", 1000),
+        ("server", 1000),
+        ("server", 1006),
+        ("server", 1011),
+    }
+
+
+def test_direct_time_is_the_simulated_time() -> None:
+    session = SimSession(dialect="ga", model="m", rng=random.Random(1), faults=[parse_rule("stall seconds=7")], now=0)
+    connection = DirectConnection(session)
+    connection.open()
+    assert connection.wait_for(lambda event: True)["type"] == "session.created"
+    connection.send(json.dumps({"type": "response.create"}))
+    done = connection.wait_for(lambda event: event["type"] == "response.done")
+    assert done["response"]["status"] == "completed"
+    audio_s = len(done["response"]["output"][0]["content"][0]["transcript"]) * MS_PER_CHAR / 1000
+    # created after 0.05 s, the first chunk after 0.3 s more, audio at 4x real time, the stall
+    assert connection.now == pytest.approx(0.05 + 0.3 + audio_s / 4 + 7)
+    connection.close()
+    assert (connection.closed_by, connection.close_code) == ("client", 1000)
+    with pytest.raises(Ended):
+        connection.send("{}")

@@ -8,5 +8,7 @@
   :mod:`~analyzer.sim.steps`;
 - :mod:`analyzer.sim.faults`: the rules that make it fail the way real servers do;
 - :mod:`analyzer.sim.simulator`: the WebSocket server around it (``rtcap simulate``);
-- :mod:`analyzer.sim.traffic`: seeded voice-agent traffic for the demo and the tests.
+- :mod:`analyzer.sim.direct`: the same session with no socket, on a fake clock;
+- :mod:`analyzer.sim.traffic`: seeded voice-agent traffic for the demo and the tests, over
+  sockets or without them.
 """

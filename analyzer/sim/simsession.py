@@ -61,6 +61,7 @@ class SimSession:
         expires_at: int | None = None,
     ) -> None:
         self.dialect = dialect
+        self.model = model
         self.rng = rng
         self.max_session_s = max_session_s
         self.emit = Emitter(rng)

@@ -18,7 +18,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from recorder import events
 from recorder.capture import RECEIVED, SENT
@@ -125,30 +126,33 @@ class Simulator:
                 return _json_response(connection, 401, "invalid_request_error", "invalid_api_key", message)
         return None
 
+    def new_session(self, path: str, headers: Iterable[tuple[str, str]], now: float) -> SimSession:
+        """The session of a new connection to ``path`` (a realtime URL's path and query)
+        with these handshake headers: dialect and model from them, random generator
+        seeded from ``seed`` and the connection's number, ``now`` on the caller's clock."""
+        _, model = route(path) or ("ga", "gpt-realtime")
+        index = self._count
+        self._count += 1
+        return SimSession(
+            dialect=events.dialect(path, headers),
+            model=model,
+            rng=random.Random(f"{self.seed}/{index}"),
+            faults=self.faults,
+            now=now,
+            max_session_s=self.max_session_s,
+            expires_at=int(time.time() + self.max_session_s),
+        )
+
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         request = ws.request
-        _, model = route(request.path) or ("ga", "gpt-realtime")
-        dialect = events.dialect(request.path, request.headers.raw_items())
-        index = self._count
-        self._count += 1
-        rng = random.Random(f"{self.seed}/{index}")
-        expires = int(time.time() + self.max_session_s)
-        session = SimSession(
-            dialect=dialect,
-            model=model,
-            rng=rng,
-            faults=self.faults,
-            now=time.monotonic(),
-            max_session_s=self.max_session_s,
-            expires_at=expires,
-        )
-        log = SessionLog(request.path, request.headers, ws.subprotocol, dialect)
+        session = self.new_session(request.path, request.headers.raw_items(), time.monotonic())
+        log = SessionLog(request.path, request.headers, ws.subprotocol, session.dialect)
         if self.keep_log:
             self.sessions.append(log)
         recorder = self._recorder(ws, request) if self.record else None
         connection = _Connection(ws, session, log if self.keep_log else None, recorder, self.speed)
-        self.log(f"session {session.session_id} opened ({dialect}, {model})")
+        self.log(f"session {session.session_id} opened ({session.dialect}, {session.model})")
         try:
             await connection.run(self.max_session_s)
         finally:
@@ -252,7 +256,7 @@ class _Connection:
             await self.ws.send(text)
 
 
-def _select_subprotocol(connection: ServerConnection, offered: Any) -> str | None:
+def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
     for protocol in offered:
         if protocol == "realtime":
             return protocol
@@ -294,7 +298,8 @@ class RunningSimulator(ServerThread):
 @contextlib.contextmanager
 def running(*faults: str, **options: Any) -> Iterator[RunningSimulator]:
     """``with running("fail nth=2", seed=1, speed=1000) as sim:`` serves ``sim.url``."""
-    simulator = RunningSimulator(Simulator(faults, keep_log=options.pop("keep_log", True), **options)).start()
+    simulator = RunningSimulator(Simulator(faults, keep_log=options.pop("keep_log", True), **options))
+    simulator.start()
     try:
         yield simulator
     finally:

@@ -6,6 +6,12 @@ chunk, sometimes a burst of tiny appends, and a response.create whose fields var
 (tool_choice: auto, none, required, or an object naming the tool; metadata). A tool call is
 answered with its output and a new response. Which of these the simulator punishes is up
 to its fault rules.
+
+What a client sends is :func:`client`, plain code; two drivers carry it out.
+:func:`record` runs it over real sockets, through the recording proxy to a simulator
+server. :func:`record_direct` runs it against :class:`~analyzer.sim.simsession.SimSession`
+on a fake clock (:mod:`analyzer.sim.direct`), recording what the proxy would have: the same
+kind of captures in a fraction of the time, for tests that are not about sockets.
 """
 
 from __future__ import annotations
@@ -14,15 +20,20 @@ import asyncio
 import base64
 import json
 import random
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from recorder import events
 from recorder.proxy import RecordingProxy
 from recorder.serving import ServerThread, serve_until_stopped
+from recorder.session import SessionRecorder
 
+from .direct import DirectConnection
 from .simulator import RunningSimulator, Simulator
 
 VOICES = ["alloy", "echo", "shimmer", "verse"]
@@ -54,49 +65,68 @@ def session_update(rng: random.Random) -> dict[str, Any]:
 
 def turn_events(rng: random.Random) -> list[dict[str, Any]]:
     """The client events of one voice turn, ending with its response.create."""
-    events: list[dict[str, Any]] = []
+    turn: list[dict[str, Any]] = []
     for _ in range(rng.randint(2, 4)):
-        events.append({"type": "input_audio_buffer.append", "audio": tone(rng.choice([100, 150, 200, 300]))})
+        turn.append({"type": "input_audio_buffer.append", "audio": tone(rng.choice([100, 150, 200, 300]))})
     if rng.random() < 0.2:
-        events.append({"type": "input_audio_buffer.append", "audio": tone(600)})
+        turn.append({"type": "input_audio_buffer.append", "audio": tone(600)})
     if rng.random() < 0.2:
-        events += [{"type": "input_audio_buffer.append", "audio": tone(20)} for _ in range(40)]
+        turn += [{"type": "input_audio_buffer.append", "audio": tone(20)} for _ in range(40)]
     if rng.random() < 0.2:
-        events.append({"type": "input_audio_buffer.clear"})
-        events.append({"type": "input_audio_buffer.append", "audio": tone(200)})
-    events.append({"type": "input_audio_buffer.commit"})
+        turn.append({"type": "input_audio_buffer.clear"})
+        turn.append({"type": "input_audio_buffer.append", "audio": tone(200)})
+    turn.append({"type": "input_audio_buffer.commit"})
     options = {"tool_choice": rng.choice(TOOL_CHOICES), "metadata": {"topic": rng.choice(TOPICS)}}
-    events.append({"type": "response.create", "response": options})
-    return events
+    turn.append({"type": "response.create", "response": options})
+    return turn
+
+
+Client = Generator[list[dict[str, Any]], dict[str, Any], None]
+
+
+def client(rng: random.Random) -> Client:
+    """The client's side of one seeded session, after ``session.created``. Each value it
+    yields is the events to send at once; the driver then waits for the next
+    ``response.done`` and sends it in (the function call in it gets its output)."""
+    batch = [{"type": "session.update", "session": session_update(rng)}]
+    for _ in range(rng.randint(3, 6)):
+        done = yield batch + turn_events(rng)
+        batch = []
+        output = (done.get("response") or {}).get("output") or []
+        if output and output[0].get("type") == "function_call":
+            result = {"type": "function_call_output", "call_id": output[0]["call_id"], "output": '{"celsius": 21}'}
+            yield [
+                {"type": "conversation.item.create", "item": result},
+                {"type": "response.create", "response": {"tool_choice": "auto"}},
+            ]
+
+
+def is_response_done(event: dict[str, Any]) -> bool:
+    """Whether a server event ends a response (what the client waits for)."""
+    return events.event_type(event) == events.RESPONSE_DONE
+
+
+# -- over sockets ------------------------------------------------------------------------
 
 
 async def _session(url: str, rng: random.Random) -> None:
     async with connect(url, max_size=None) as ws:
         await ws.recv()
-        await ws.send(json.dumps({"type": "session.update", "session": session_update(rng)}))
+        script = client(rng)
         try:
-            for _ in range(rng.randint(3, 6)):
-                for event in turn_events(rng):
+            batch = next(script)
+            while True:
+                for event in batch:
                     await ws.send(json.dumps(event))
-                done = await _until_done(ws)
-                output = (done.get("response") or {}).get("output") or []
-                if output and output[0].get("type") == "function_call":
-                    result = {
-                        "type": "function_call_output",
-                        "call_id": output[0]["call_id"],
-                        "output": '{"celsius": 21}',
-                    }
-                    await ws.send(json.dumps({"type": "conversation.item.create", "item": result}))
-                    await ws.send(json.dumps({"type": "response.create", "response": {"tool_choice": "auto"}}))
-                    await _until_done(ws)
-        except ConnectionClosed:
+                batch = script.send(await _until_done(ws))
+        except (ConnectionClosed, StopIteration):
             return
 
 
 async def _until_done(ws: Any) -> dict[str, Any]:
     while True:
         event = json.loads(await ws.recv())
-        if event["type"] == "response.done":
+        if is_response_done(event):
             return event
 
 
@@ -129,3 +159,55 @@ def record(root: Path, faults: list[str], *, sessions: int = 60, seed: int = 0, 
     finally:
         relay.stop()
         simulator.stop()
+
+
+# -- without sockets -----------------------------------------------------------------------
+
+DIRECT_URL = "ws://simulator.invalid/v1/realtime?model=gpt-realtime"
+"""The URL direct sessions are recorded as having: the simulator's GA route."""
+
+
+def record_direct(
+    root: Path,
+    faults: list[str],
+    *,
+    sessions: int = 60,
+    seed: int = 0,
+    labels: dict[str, str] | None = None,
+    url: str = DIRECT_URL,
+) -> None:
+    """Record ``sessions`` varied sessions into ``root`` as :func:`record` does, without
+    a socket: each runs on a fake clock in simulated real time (a response takes its
+    seconds on the clock, none on the wall), and is recorded as the proxy records (recorder
+    ``proxy``). With the same seed and faults that do not look at time, the sessions say
+    what :func:`record` with ``parallel=1`` has them say."""
+    simulator = Simulator(faults, seed=seed)
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    for n in range(sessions):
+        session = simulator.new_session(path, (), now=0.0)
+        recorder = SessionRecorder.create(
+            root, url=url, request_headers=[], recorder="proxy", labels=labels or {"corpus": "precursors"}
+        )
+        connection = DirectConnection(session, recorder)
+        connection.open()
+        _direct_session(connection, random.Random(f"{seed}/{n}"))
+
+
+def _direct_session(connection: DirectConnection, rng: random.Random) -> None:
+    script = client(rng)
+    try:
+        if connection.wait_for(lambda event: True) is None:  # session.created
+            return
+        batch = next(script)
+        while True:
+            for event in batch:
+                connection.send(json.dumps(event))
+            done = connection.wait_for(is_response_done)
+            if done is None:
+                return
+            batch = script.send(done)
+    except StopIteration:
+        pass
+    finally:
+        connection.close()

@@ -44,6 +44,23 @@ def connect() -> duckdb.DuckDBPyConnection:
     return con
 
 
+SANDBOX = (
+    "SET enable_external_access = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET allow_community_extensions = false",
+    "SET lock_configuration = true",
+)
+"""What a connection that runs user SQL is locked into, last: no file, network or
+environment access, no extension installed or loaded, no setting changed."""
+
+
+def lock(con: duckdb.DuckDBPyConnection) -> None:
+    """Lock a connection into :data:`SANDBOX` (after everything it needs is set up)."""
+    for statement in SANDBOX:
+        con.execute(statement)
+
+
 def register_functions(con: duckdb.DuckDBPyConnection) -> None:
     """The rules of :mod:`recorder.events` that SQL needs, as SQL functions."""
     _function(con, "rtcap_failure_class", events.failure_class, ["VARCHAR"] * 3, "VARCHAR")

@@ -468,9 +468,11 @@ class Index:
         table = table.replace_schema_metadata({"rtcap_index": str(INDEX_VERSION)})
         _atomic_parquet(table, self.manifest_path)
 
-    def part_files(self) -> list[Path]:
-        """Every segment of the captures in the manifest, for DuckDB."""
-        return self._parts(self._rows if self._rows is not None else self.manifest().values())
+    def part_files(self, fresh: bool = False) -> list[Path]:
+        """Every segment of the captures in the manifest, for DuckDB: as this process's
+        last update left it, or (``fresh``) as the manifest on disk says now."""
+        rows = self.manifest().values() if fresh or self._rows is None else self._rows
+        return self._parts(rows)
 
     def _parts(self, rows: Any) -> list[Path]:
         return [self.events_dir / name for name in sorted({n for row in rows for n in row["segments"]})]

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from recorder import events
 
-from .db import connect, in_list, json_path
+from .db import connect, in_list, json_path, lock
 from .index import MANIFEST_SCHEMA, Index, UpdateReport
 
 READING = {"SELECT", "EXPLAIN"}
@@ -142,45 +142,71 @@ LEFT JOIN fails f USING (session_id);
 
 
 class Captures:
-    """A capture root, indexed and ready for SQL."""
+    """A capture root, indexed and ready for SQL.
+
+    Every statement runs on a connection of its own, made for it and thrown away after
+    it: the index's files reach DuckDB as Arrow datasets (read by pyarrow, never by
+    DuckDB's file system), then the connection is locked (:data:`analyzer.db.SANDBOX`).
+    A statement can therefore read the views and nothing else: no other file, no
+    environment, no network; it cannot write, install or load anything, or change a
+    setting; and whatever it changes on its connection (a view replaced, say) is gone
+    before the next statement runs.
+    """
 
     def __init__(
         self, root: str | os.PathLike[str], *, update: bool = True, progress: Callable[[int, int], None] | None = None
     ) -> None:
         self.index = Index(Path(root))
         self.report = self.index.update(progress) if update else UpdateReport()
-        self.con = connect()
-        # Paths reach DuckDB as values of a relation, never pasted into SQL text.
-        parts = [str(p) for p in self.index.part_files()]
-        if parts:
-            self.con.read_parquet(parts).create_view("_events")
-        else:
-            self.con.execute(f"CREATE TEMP VIEW _events AS {_EMPTY_EVENTS}")
-        if self.index.manifest_path.exists():
-            self.con.read_parquet(str(self.index.manifest_path)).create_view("_manifest")
-        else:
-            self.con.register("_manifest", pa.Table.from_pylist([], schema=MANIFEST_SCHEMA))
-        self.con.execute(_VIEWS)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """A sandboxed connection with the views over the index as it is now (call it
+        with the index's read lock held, so the files it names stay until the query ends)."""
+        import pyarrow.dataset as ds
+        import pyarrow.parquet as pq
+
+        con = connect()
+        try:
+            parts = [str(p) for p in self.index.part_files(fresh=True)]
+            if parts:
+                con.register("_events", ds.dataset(parts, format="parquet"))
+            else:
+                con.execute(f"CREATE TEMP VIEW _events AS {_EMPTY_EVENTS}")
+            if self.index.manifest_path.exists():
+                manifest = pq.read_table(self.index.manifest_path)
+            else:
+                manifest = pa.Table.from_pylist([], schema=MANIFEST_SCHEMA)
+            con.register("_manifest", manifest)
+            con.execute(_VIEWS)
+            lock(con)
+        except BaseException:
+            con.close()
+            raise
+        return con
 
     def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
         """Run one reading statement; returns its rows as an Arrow table."""
-        try:
-            statements = self.con.extract_statements(query)
-        except duckdb.Error as e:
-            raise QueryError(_one_line(e)) from None
-        if len(statements) != 1:
-            raise QueryError(f"expected one SQL statement, got {len(statements)}")
-        kind = statements[0].type.name
-        if kind not in READING:
-            raise QueryError(f"only reading queries are allowed here, not {kind}")
-        try:
-            with self.index.reading():
-                return self.con.sql(query, params=params).to_arrow_table()
-        except duckdb.Error as e:
-            raise QueryError(_one_line(e)) from None
+        with self.index.reading():
+            con = self._connect()
+            try:
+                try:
+                    statements = con.extract_statements(query)
+                except duckdb.Error as e:
+                    raise QueryError(_one_line(e)) from None
+                if len(statements) != 1:
+                    raise QueryError(f"expected one SQL statement, got {len(statements)}")
+                kind = statements[0].type.name
+                if kind not in READING:  # a clearer answer than the sandbox's, not a defence
+                    raise QueryError(f"only reading queries are allowed here, not {kind}")
+                try:
+                    return con.sql(query, params=params).to_arrow_table()
+                except duckdb.Error as e:
+                    raise QueryError(_one_line(e)) from None
+            finally:
+                con.close()
 
     def close(self) -> None:
-        self.con.close()
+        """Nothing stays open between statements; kept for callers that close."""
 
 
 def _one_line(error: Exception) -> str:

@@ -66,6 +66,7 @@ def register_functions(con: duckdb.DuckDBPyConnection) -> None:
     _function(con, "rtcap_failure_class", events.failure_class, ["VARCHAR"] * 3, "VARCHAR")
     _function(con, "rtcap_abnormal_close", events.abnormal_close, ["BIGINT"], "BOOLEAN")
     _function(con, "rtcap_failure_matches", events.matches, ["VARCHAR"] * 4, "BOOLEAN")
+    _function(con, "rtcap_handshake_error", events.handshake_error, ["BIGINT", "VARCHAR"], "VARCHAR")
 
 
 def _function(con: duckdb.DuckDBPyConnection, name: str, function: Any, parameters: list[str], result: str) -> None:

@@ -31,7 +31,7 @@ from recorder.capture import CaptureError, Columns, make_private_dirs, read_colu
 
 from .locate import capture_files
 
-INDEX_VERSION = 4
+INDEX_VERSION = 5
 PART_ROWS = 200_000  # messages per Parquet segment written at once: bounds memory
 SMALL_SEGMENTS = 8  # more segments than this under PART_ROWS / 4 rows are merged into one
 
@@ -59,6 +59,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("last_t_ns", pa.int64()),
         ("close_code", pa.int32()),
         ("close_by", pa.string()),
+        ("close_reason", pa.string()),
+        ("handshake_status", pa.int32()),
         ("end_error", pa.string()),
         ("format_in", pa.string()),
         ("format_out", pa.string()),
@@ -361,7 +363,12 @@ class Index:
         row.update(size=read.size, mtime_ns=read.mtime_ns, ino=read.ino, stop=read.stop, mark=read.mark)
         if read.end is not None:
             end = read.end
-            row.update(end_t_ns=end.get("t_ns"), close_code=end.get("code"), close_by=end.get("closed_by"))
+            row.update(
+                end_t_ns=end.get("t_ns"),
+                close_code=end.get("code"),
+                close_by=end.get("closed_by"),
+                close_reason=end.get("reason"),
+            )
             row["end_error"] = end.get("error") or end.get("incomplete")
         problems = [p for p in (row["problems"] or "").split("\n") if p] + read.problems
         if not read.locked and row["end_t_ns"] is None:
@@ -392,6 +399,8 @@ class Index:
             "last_t_ns": None,
             "close_code": None,
             "close_by": None,
+            "close_reason": None,
+            "handshake_status": header.get("response_status", 101) if header else None,
             "end_error": None,
             "format_in": "pcm16",
             "format_out": "pcm16",

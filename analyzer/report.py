@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from recorder import events
 from recorder.capture import Capture
 
 from .doctor import ADVICE, diagnose
@@ -79,7 +80,12 @@ def readme(
     if first is None:
         lines.append("No failure was recorded in this session.")
     else:
-        where = f"at message {first['seq']}" if first["seq"] is not None else "when the connection ended"
+        if first["source"] == events.HANDSHAKE:
+            where = "during the WebSocket handshake, before any message was exchanged"
+        elif first["seq"] is not None:
+            where = f"at message {first['seq']}"
+        else:
+            where = "when the connection ended"
         message = f': "{first["message"]}"' if first.get("message") else ""
         lines.append(
             f"What failed: {first['source']} reported {first['error_type']}"

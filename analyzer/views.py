@@ -104,10 +104,19 @@ WITH errors AS (
            coalesce(m.end_error, '{events.DROPPED_MESSAGE}') AS message, r.response_id
     FROM responses r JOIN _manifest m USING (session_id)
     WHERE r.status = '{events.DROPPED}' AND m.end_t_ns IS NOT NULL AND rtcap_abnormal_close(m.close_code)
+), handshake AS (
+    SELECT session_id, NULL::BIGINT AS seq, 0.0 AS t_s, '{events.HANDSHAKE}' AS source,
+           rtcap_handshake_error(handshake_status, end_error) AS error_type,
+           CAST(handshake_status AS VARCHAR) AS code, end_error AS message, NULL::VARCHAR AS response_id
+    FROM _manifest
+    WHERE end_t_ns IS NOT NULL AND rtcap_handshake_error(handshake_status, end_error) IS NOT NULL
 )
 SELECT session_id, seq, t_s, rtcap_failure_class(source, error_type, code) AS class,
        source, error_type, code, message, response_id
-FROM (SELECT * FROM errors UNION ALL SELECT * FROM failed UNION ALL SELECT * FROM dropped);
+FROM (
+    SELECT * FROM handshake UNION ALL SELECT * FROM errors UNION ALL SELECT * FROM failed
+    UNION ALL SELECT * FROM dropped
+);
 
 CREATE TEMP VIEW sessions AS
 WITH created AS (
@@ -133,7 +142,9 @@ SELECT m.session_id, c.server_session_id, m.file, m.state, m.started_at,
        coalesce(k.messages, 0) AS messages, coalesce(k.sent, 0) AS sent, coalesce(k.received, 0) AS received,
        coalesce(k.bytes, 0)::BIGINT AS bytes, m.close_code, m.close_by,
        coalesce(f.failures, 0) AS failures, coalesce(f.failures, 0) > 0 AS failed, m.state = 'damaged' AS damaged,
-       to_timestamp(c.expires) AS expires_at, m.replay_of
+       to_timestamp(c.expires) AS expires_at, m.replay_of,
+       m.end_error, m.close_reason, coalesce(m.recorder IN {in_list(REPLAY_RECORDERS)}, false) AS is_replay,
+       m.problems
 FROM _manifest m
 LEFT JOIN created c USING (session_id)
 LEFT JOIN counts k USING (session_id)

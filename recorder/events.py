@@ -362,7 +362,12 @@ ERROR_PATH = ("error",)
 RESPONSE_ERROR_PATH = ("response", "status_details", "error")
 """Where a failed ``response.done`` keeps its error object."""
 RESPONSE_STATUS_PATH = ("response", "status")
-SOURCES = (ERROR, RESPONSE_DONE, "close")
+HANDSHAKE = "handshake"
+HANDSHAKE_REJECTED = "handshake_rejected"
+"""The error type of a handshake the server answered with another status than 101."""
+UPSTREAM_UNREACHABLE = "upstream_unreachable"
+"""The error type of a handshake no server answered (the proxy's 502)."""
+SOURCES = (ERROR, RESPONSE_DONE, "close", HANDSHAKE)
 CLASSES = ("server", "client", "connection")
 COUNTED_CLASSES = ("server", "connection")
 """The classes that make a session ``failed`` (a client's own mistake does not)."""
@@ -376,6 +381,8 @@ def failure_class(source: str, error_type: str | None, code: str | None) -> str:
     ``client`` for the rest (``invalid_request_error`` and the like)."""
     if source == "close":
         return "connection"
+    if source == HANDSHAKE:  # an HTTP status: 4xx is the client's, 5xx or none the server's
+        return "client" if code is not None and code.startswith("4") else "server"
     if error_type in SERVER_ERROR_TYPES or code in SERVER_ERROR_TYPES:
         return "server"
     return "client"
@@ -385,6 +392,17 @@ def abnormal_close(code: int | None) -> bool:
     """Whether a connection's end is abnormal: no close code, or one not in
     :data:`NORMAL_CLOSE_CODES` (1006, a drop, included)."""
     return code is None or code not in NORMAL_CLOSE_CODES
+
+
+def handshake_error(status: int | None, error: str | None) -> str | None:
+    """The error type of a failed handshake, from the header's response status and the end
+    record's error: a rejection (any status but 101), or an upstream nobody answered (no
+    status, and an error); ``None`` for a handshake that succeeded."""
+    if status == 101:
+        return None
+    if status is not None:
+        return HANDSHAKE_REJECTED
+    return UPSTREAM_UNREACHABLE if error else None
 
 
 def response_status(event: Mapping[str, Any]) -> str | None:
@@ -515,11 +533,19 @@ class FailureTracker:
 
 
 def failures(
-    server_events: Iterable[tuple[int, Mapping[str, Any] | None]], end: Mapping[str, Any] | None = None
+    server_events: Iterable[tuple[int, Mapping[str, Any] | None]],
+    end: Mapping[str, Any] | None = None,
+    handshake_status: int | None = 101,
 ) -> list[Failure]:
     """The failures in a session's ``(seq, server event)`` stream, and its end record
-    (``code``, ``error``), if the session has ended."""
+    (``code``, ``error``), if the session has ended; a failed handshake (the header's
+    ``response_status``) comes first."""
     tracker = FailureTracker()
+    error = _text((end or {}).get("error"))
+    rejected = handshake_error(handshake_status, error) if end is not None else None
+    if rejected is not None:
+        code = None if handshake_status is None else str(handshake_status)
+        tracker.failures.append(Failure(None, HANDSHAKE, rejected, code, error, None, 0))
     for seq, event in server_events:
         tracker.add(seq, event)
     if end is not None:

@@ -437,7 +437,7 @@ def test_the_failures_view_and_recorder_events_agree(corpus) -> None:
         server = [(m.seq, events.parse(m.data())) for m in capture.messages if m.direction == events.RECEIVED]
         expected = sorted(
             (f.seq if f.seq is not None else -1, f.source, f.error_type, f.code, f.failure_class, f.response_id)
-            for f in events.failures(server, capture.end)
+            for f in events.failures(server, capture.end, capture.header.get("response_status", 101))
         )
         rows = sql(
             root,
@@ -447,3 +447,42 @@ def test_the_failures_view_and_recorder_events_agree(corpus) -> None:
         assert sorted(tuple(r.values()) for r in rows) == expected, capture.session_id
     kinds = {r["source"] for r in sql(root, "SELECT DISTINCT source FROM failures")}
     assert kinds == {"error", "response.done", "close"}  # the corpus exercises every source
+
+
+def test_a_rejected_or_unreachable_upstream_is_a_failure(start_simulator, start_proxy, captures, tmp_path) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    from recorder import events
+
+    simulator = start_simulator(api_key="sk-the-right-key-0000")
+    for upstream in (simulator.url, "ws://127.0.0.1:9/v1"):  # a 401, then nothing listening: a 502
+        proxy = start_proxy(upstream)
+        with pytest.raises(InvalidStatus):
+            connect(f"{proxy.url}{REALTIME}", additional_headers={"Authorization": "Bearer reject-me-please"})
+    rows = sql(
+        captures,
+        "SELECT f.source, f.class, f.error_type, f.code, f.seq, s.failures, s.failed, s.end_error, s.close_reason "
+        "FROM failures f JOIN sessions s USING (session_id) ORDER BY f.code NULLS LAST",
+    )
+    assert [(r["source"], r["class"], r["error_type"], r["code"], r["seq"]) for r in rows] == [
+        ("handshake", "client", "handshake_rejected", "401", None),
+        ("handshake", "server", "upstream_unreachable", None, None),
+    ]
+    assert [(r["failures"], r["failed"]) for r in rows] == [(0, False), (1, True)]  # 4xx: the client's own
+    assert "HTTP 401" in rows[0]["end_error"] and "upstream unreachable" in rows[1]["end_error"]
+    assert "reject-me-please" not in json.dumps(rows)
+    # The Python definition agrees, from the header and the end record.
+    for path in capture_files(captures):
+        capture = read_capture(path)
+        [failure] = events.failures([], capture.end, capture.header["response_status"])
+        assert failure.source == "handshake"
+    failed = run("sessions", "--failed", "--captures", str(captures), "--format", "json")
+    assert [s["close_code"] for s in json.loads(failed.stdout)] == [None]
+    [unreachable] = json.loads(failed.stdout)
+    bundle = tmp_path / "bundle.zip"
+    made = run("report", unreachable["session_id"], "--captures", str(captures), "--output", str(bundle))
+    assert made.exit_code == 0, made.output
+    import zipfile
+
+    story = zipfile.ZipFile(bundle).read("README.txt").decode()
+    assert "upstream_unreachable" in story and "handshake" in story and "No failure" not in story

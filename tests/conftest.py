@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from analyzer.sim.simulator import RunningSimulator, Simulator
 from recorder.proxy import RecordingProxy, run_proxy
 from recorder.redact import Redactor
 from recorder.serving import ServerThread
+from recorder.session import SessionRecorder, capture_path
 
 PROXY_VARS = (
     "HTTPS_PROXY",
@@ -88,3 +90,53 @@ def start_proxy(captures: Path) -> Iterator[Any]:
     yield start
     for thread in started:
         thread.__exit__(None, None, None)
+
+
+class CaptureMaker:
+    """Writes capture files directly, as a recorder would, without a socket: for tests
+    whose subject is what is in a capture, not how it got there."""
+
+    URL = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def open(
+        self,
+        *,
+        root: Path | None = None,
+        url: str = URL,
+        headers: Iterable[tuple[str, str]] = (),
+        recorder: str = "proxy",
+        labels: dict[str, str] | None = None,
+    ) -> SessionRecorder:
+        """A recorder whose capture file exists and holds its header (time zero is 0)."""
+        session = SessionRecorder.create(
+            root or self.root, url=url, request_headers=list(headers), recorder=recorder, labels=labels
+        )
+        session.start(0)
+        return session
+
+    def __call__(
+        self,
+        messages: Iterable[tuple[float, int, dict[str, Any] | str | bytes]],
+        *,
+        end_code: int = 1000,
+        closed_by: str = "client",
+        **options: Any,
+    ) -> Path:
+        """A whole capture: ``(seconds, SENT|RECEIVED, event or data)`` in order, then an
+        end record just after the last message."""
+        session = self.open(**options)
+        t_ns = 0
+        for seconds, direction, data in messages:
+            t_ns = round(seconds * 1e9)
+            session.message(direction, data if isinstance(data, str | bytes) else json.dumps(data), t_ns)
+        session.end(t_ns + 1, closed_by=closed_by, code=end_code)
+        return capture_path(options.get("root") or self.root, session.session_id)
+
+
+@pytest.fixture
+def make_capture(captures: Path) -> CaptureMaker:
+    """Write captures under the test's capture root (see :class:`CaptureMaker`)."""
+    return CaptureMaker(captures)

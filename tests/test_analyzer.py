@@ -21,7 +21,7 @@ from analyzer.locate import capture_files
 from analyzer.views import QueryError, open_captures
 from recorder.capture import CaptureWriter, read_capture
 from recorder.proxy import RecordingProxy
-from recorder.session import RECEIVED, SENT, SessionRecorder, capture_path, new_session_id
+from recorder.session import RECEIVED, SENT, SessionRecorder, capture_path
 from tests.conftest import REALTIME, ProxyThread
 
 GOLDEN = Path(__file__).parent / "data" / "capture-v1.msgpack"
@@ -190,22 +190,15 @@ def test_responses_statuses_tokens_and_audio_in_both_formats(corpus) -> None:
     assert appended == [{"audio_ms": 300.0}]
 
 
-def test_incremental_updates(tmp_path: Path) -> None:
+def test_incremental_updates(tmp_path: Path, make_capture) -> None:
     root = tmp_path / "captures"
     day = root / "2026-11-25"
     day.mkdir(parents=True)
     shutil.copy(GOLDEN, day / "20261125T120000000000Z-goldenab.msgpack")
     # An open capture: its writer is still going.
-    session_id = new_session_id()
+    recorder = make_capture.open(root=root, url="ws://h/v1/realtime?model=m", recorder="shim")
+    session_id = recorder.session_id
     path = capture_path(root, session_id)
-    recorder = SessionRecorder(
-        CaptureWriter(path),
-        session_id=session_id,
-        url="ws://h/v1/realtime?model=m",
-        request_headers=[],
-        recorder="shim",
-    )
-    recorder.start(0)
     recorder.message(RECEIVED, json.dumps({"type": "session.created", "session": {"id": "sess_open"}}), 10)
     index = Index(root)
     first = index.update()
@@ -232,6 +225,7 @@ def test_incremental_updates(tmp_path: Path) -> None:
     ]
     # Changed: the file is rewritten with other content.
     path.unlink()
+    # (the same session id again, so not through make_capture, which makes new ones)
     rewritten = SessionRecorder(
         CaptureWriter(path), session_id=session_id, url="ws://h/x", request_headers=[], recorder="shim"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import zipfile
 from pathlib import Path
@@ -16,8 +17,7 @@ from analyzer.doctor import diagnose
 from analyzer.precursors import analyse, fisher_greater, holm
 from analyzer.sim.traffic import record_direct
 from analyzer.views import open_captures
-from recorder.capture import CaptureWriter
-from recorder.session import RECEIVED, SENT, SessionRecorder, capture_path, new_session_id
+from recorder.session import RECEIVED, SENT
 
 BASE = "fail p=0.04"
 PLANTED = {
@@ -106,27 +106,18 @@ def pcm(ms: int) -> str:
     return base64.b64encode(b"\x00\x10" * 24 * ms).decode()
 
 
-def make_session(root: Path, events: list[tuple[float, int, dict | str]], headers=()) -> str:
-    """A capture written directly: (seconds, direction, event) in order."""
-    session_id = new_session_id()
-    recorder = SessionRecorder(
-        CaptureWriter(capture_path(root, session_id)),
-        session_id=session_id,
-        url="wss://api.openai.com/v1/realtime?model=gpt-realtime",
-        request_headers=list(headers),
-        recorder="proxy",
-    )
-    recorder.start(0)
+SERVER_IDS = itertools.count()
+
+
+def make_session(make_capture, root: Path, events: list[tuple[float, int, dict | str]], headers=()) -> str:
+    """A capture written directly, after the server's session.created: (seconds, direction,
+    event) in order. Returns its session id."""
     created = {
         "type": "session.created",
         "event_id": "event_1",
-        "session": {"id": f"sess_{session_id[-8:]}", "model": "gpt-realtime", "expires_at": 1_900_000_000},
+        "session": {"id": f"sess_doctor{next(SERVER_IDS)}", "model": "gpt-realtime", "expires_at": 1_900_000_000},
     }
-    recorder.message(RECEIVED, json.dumps(created), 0)
-    for seconds, direction, event in events:
-        recorder.message(direction, event if isinstance(event, str) else json.dumps(event), int(seconds * 1e9))
-    recorder.end(int((events[-1][0] if events else 0) * 1e9) + 1, closed_by="client", code=1000)
-    return session_id
+    return make_capture([(0, RECEIVED, created), *events], root=root, headers=headers).stem
 
 
 def response(n: int, status: str = "completed", tokens: int = 500) -> list[tuple[float, int, dict]]:
@@ -180,10 +171,11 @@ def statuses(rows: list[dict[str, str]], session_id: str) -> dict[str, str]:
     return {row["check"]: row["status"] for row in rows if row["session_id"] == session_id}
 
 
-def test_doctor_flags_what_each_session_was_made_to_have(tmp_path: Path) -> None:
+def test_doctor_flags_what_each_session_was_made_to_have(tmp_path: Path, make_capture) -> None:
     root = tmp_path / "captures"
-    clean = make_session(root, appends(0.1, [100, 100, 100]) + response(1))
+    clean = make_session(make_capture, root, appends(0.1, [100, 100, 100]) + response(1))
     mismatch = make_session(
+        make_capture,
         root,
         [
             (0.1, SENT, {"type": "session.update", "session": {"input_audio_format": "g711_ulaw"}}),
@@ -192,16 +184,17 @@ def test_doctor_flags_what_each_session_was_made_to_have(tmp_path: Path) -> None
         ]
         + response(1),
     )
-    sizes = make_session(root, appends(0.1, [1500]) + appends(2.0, [10, 10, 100]) + response(2))
+    sizes = make_session(make_capture, root, appends(0.1, [1500]) + appends(2.0, [10, 10, 100]) + response(2))
     garbage = make_session(
-        root, [(0.1, SENT, '{"type":"input_audio_buffer.append","audio":"not base64!!"}')] + response(1)
+        make_capture, root, [(0.1, SENT, '{"type":"input_audio_buffer.append","audio":"not base64!!"}')] + response(1)
     )
-    burst = make_session(root, appends(0.1, [20] * 60, spacing=0.005) + response(1))
+    burst = make_session(make_capture, root, appends(0.1, [20] * 60, spacing=0.005) + response(1))
     retry = make_session(
-        root, response(1, status="failed") + [(2.6, SENT, {"type": "response.create"})] + response(2)[1:]
+        make_capture, root, response(1, status="failed") + [(2.6, SENT, {"type": "response.create"})] + response(2)[1:]
     )
-    big = make_session(root, response(1, tokens=15_000))
+    big = make_session(make_capture, root, response(1, tokens=15_000))
     old = make_session(
+        make_capture,
         root,
         [
             (
@@ -232,21 +225,22 @@ def test_doctor_flags_what_each_session_was_made_to_have(tmp_path: Path) -> None
     assert "seq" in evidence["retries"]
 
 
-def test_doctor_warns_about_small_chunks_and_cli_strict(tmp_path: Path) -> None:
+def test_doctor_warns_about_small_chunks_and_cli_strict(tmp_path: Path, make_capture) -> None:
     root = tmp_path / "captures"
-    small = make_session(root, appends(0.1, [10, 10, 100]) + response(1))
+    small = make_session(make_capture, root, appends(0.1, [10, 10, 100]) + response(1))
     rows = diagnose(open_captures(root), small).to_pylist()
     assert statuses(rows, small)["chunk size"] == "warn"
     runner = CliRunner()
     assert runner.invoke(cli, ["doctor", small[:24], "--captures", str(root), "--format", "json"]).exit_code == 0
-    make_session(root, appends(0.1, [1500]) + response(1))
+    make_session(make_capture, root, appends(0.1, [1500]) + response(1))
     assert runner.invoke(cli, ["doctor", "--strict", "--captures", str(root), "--format", "csv"]).exit_code == 1
 
 
-def test_report_bundle_holds_what_spec_lists_and_no_secret(tmp_path: Path) -> None:
+def test_report_bundle_holds_what_spec_lists_and_no_secret(tmp_path: Path, make_capture) -> None:
     root = tmp_path / "captures"
     canary = "sk-report-canary-7f3e2a91"
     failing = make_session(
+        make_capture,
         root,
         appends(0.1, [100, 100]) + response(1) + response(2, status="failed"),
         headers=[("Authorization", f"Bearer {canary}")],

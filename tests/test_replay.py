@@ -17,9 +17,9 @@ from analyzer.locate import capture_files
 from analyzer.reproduce.pacing import IdMap, plan
 from analyzer.reproduce.replay import run
 from analyzer.views import open_captures
-from recorder.capture import CaptureWriter, read_capture
+from recorder.capture import read_capture
 from recorder.proxy import RecordingProxy
-from recorder.session import RECEIVED, SENT, SessionRecorder, capture_path, new_session_id
+from recorder.session import RECEIVED, SENT
 from tests.conftest import REALTIME, ProxyThread
 
 
@@ -178,36 +178,25 @@ def test_the_rtcap_serve_fixture(rtcap_serve, start_simulator, tmp_path: Path) -
 # -- plans, without a socket or a clock -----------------------------------------------------
 
 
-def synthetic(tmp_path: Path) -> Path:
+def synthetic(make_capture, root: Path) -> Path:
     """Client messages at 0.5 s and 2.0 s and 3.0 s, with server messages between them."""
-    session_id = new_session_id()
-    path = capture_path(tmp_path, session_id)
-    rec = SessionRecorder(
-        CaptureWriter(path),
-        session_id=session_id,
-        url="ws://h/v1/realtime?model=m",
-        request_headers=[],
-        recorder="proxy",
-    )
-    rec.start(0)
-    s = 1_000_000_000
-    rec.message(RECEIVED, json.dumps({"type": "session.created", "session": {"id": "sess_1"}}), 0)
-    rec.message(SENT, json.dumps({"type": "response.create"}), s // 2)
-    rec.message(RECEIVED, json.dumps({"type": "response.created", "response": {"id": "resp_A"}}), s)
-    rec.message(RECEIVED, json.dumps({"type": "response.output_item.added", "item": {"id": "item_A"}}), s)
-    for n in range(5):
-        rec.message(RECEIVED, json.dumps({"type": "response.output_audio.delta", "delta": ""}), s + n)
-    rec.message(RECEIVED, json.dumps({"type": "response.done", "response": {"id": "resp_A"}}), s + s // 2)
-    rec.message(
-        SENT, json.dumps({"type": "conversation.item.truncate", "item_id": "item_A", "audio_end_ms": 10}), 2 * s
-    )
-    rec.message(SENT, json.dumps({"type": "response.cancel", "response_id": "resp_A"}), 3 * s)
-    rec.end(4 * s, closed_by="client", code=1000)
-    return path
+    messages: list = [
+        (0, RECEIVED, {"type": "session.created", "session": {"id": "sess_1"}}),
+        (0.5, SENT, {"type": "response.create"}),
+        (1, RECEIVED, {"type": "response.created", "response": {"id": "resp_A"}}),
+        (1, RECEIVED, {"type": "response.output_item.added", "item": {"id": "item_A"}}),
+    ]
+    messages += [(1 + n / 1e9, RECEIVED, {"type": "response.output_audio.delta", "delta": ""}) for n in range(5)]
+    messages += [
+        (1.5, RECEIVED, {"type": "response.done", "response": {"id": "resp_A"}}),
+        (2, SENT, {"type": "conversation.item.truncate", "item_id": "item_A", "audio_end_ms": 10}),
+        (3, SENT, {"type": "response.cancel", "response_id": "resp_A"}),
+    ]
+    return make_capture(messages, root=root, url="ws://h/v1/realtime?model=m")
 
 
-def test_pacing_plans(tmp_path: Path) -> None:
-    capture = read_capture(synthetic(tmp_path))
+def test_pacing_plans(tmp_path: Path, make_capture) -> None:
+    capture = read_capture(synthetic(make_capture, tmp_path))
     causal = plan(capture, "causal", speed=2)
     assert [(s.recorded_seq, s.after_server, s.not_before_s) for s in causal] == [
         (1, 1, 0.25),
@@ -221,8 +210,8 @@ def test_pacing_plans(tmp_path: Path) -> None:
     assert [(s.after_server, s.not_before_s) for s in asap] == [(0, 0.0), (0, 0.0), (0, 0.0)]
 
 
-def test_id_mapping_by_kind_and_order(tmp_path: Path) -> None:
-    ids = IdMap(read_capture(synthetic(tmp_path)))
+def test_id_mapping_by_kind_and_order(tmp_path: Path, make_capture) -> None:
+    ids = IdMap(read_capture(synthetic(make_capture, tmp_path)))
     truncate = json.dumps({"type": "conversation.item.truncate", "item_id": "item_A", "audio_end_ms": 10})
     assert ids.rewrite(truncate) == truncate  # nothing learned yet
     ids.learn({"type": "response.created", "response": {"id": "resp_NEW"}})
@@ -235,13 +224,13 @@ def test_id_mapping_by_kind_and_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", [["--pace", "sometimes"], ["--header", "no-colon"], ["--to", "http://x"]])
-def test_replay_usage_errors(tmp_path: Path, bad: list[str]) -> None:
-    path = synthetic(tmp_path)
+def test_replay_usage_errors(tmp_path: Path, bad: list[str], make_capture) -> None:
+    path = synthetic(make_capture, tmp_path)
     assert CliRunner().invoke(cli, ["replay", str(path), *bad]).exit_code == 2
 
 
-def test_an_unreachable_target_is_one_error_line_and_leaves_nothing(tmp_path: Path) -> None:
-    path = synthetic(tmp_path / "in")
+def test_an_unreachable_target_is_one_error_line_and_leaves_nothing(tmp_path: Path, make_capture) -> None:
+    path = synthetic(make_capture, tmp_path / "in")
     captures = tmp_path / "captures"
     captures.mkdir()
     result = CliRunner().invoke(cli, ["replay", str(path), "--to", "ws://127.0.0.1:9", "--captures", str(captures)])

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from analyzer.cli import cli
 from analyzer.views import QueryError, open_captures
-from recorder.session import RECEIVED, SENT, SessionRecorder
+from recorder.session import RECEIVED, SENT
 
 
 def fingerprint(root: Path) -> dict[str, str]:
@@ -28,15 +28,15 @@ def fingerprint(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    root = tmp_path / "captures"
-    recorder = SessionRecorder.create(root, url="ws://h/v1/realtime?model=m", request_headers=[], recorder="proxy")
-    recorder.start(0)
-    recorder.message(RECEIVED, json.dumps({"type": "session.created", "session": {"id": "sess_1"}}), 1)
-    recorder.message(SENT, json.dumps({"type": "response.create"}), 2)
-    recorder.end(3, closed_by="client", code=1000)
-    open_captures(root)  # index it once, so the statements below find the index in place
-    return root
+def root(captures: Path, make_capture) -> Path:
+    make_capture(
+        [
+            (0, RECEIVED, {"type": "session.created", "session": {"id": "sess_1"}}),
+            (1, SENT, {"type": "response.create"}),
+        ]
+    )
+    open_captures(captures)  # index it once, so the statements below find the index in place
+    return captures
 
 
 @pytest.fixture

@@ -336,3 +336,15 @@ class Pacer:
             expired = self._deadline is not None and now >= self._deadline
         if self._phase == _IDS and (self._mapped(step) or expired):
             self._phase = _GAP
+
+
+async def idle(action: Wait, woken: Any, now: float) -> None:
+    """For a driver: sleep until ``action.until`` or until ``woken`` (an
+    ``asyncio.Event`` set on every arrival) is set, whichever comes first."""
+    import asyncio
+    import contextlib
+
+    woken.clear()
+    delay = None if action.until is None else max(0.0, action.until - now)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(woken.wait(), delay)

@@ -10,7 +10,6 @@ with the recording's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,7 +22,7 @@ from recorder.proxy import HOP_HEADERS as PROXY_HOP_HEADERS
 from recorder.redact import REDACTED, SECRET_SUBPROTOCOL_PREFIXES
 from recorder.session import SessionRecorder, now_ns, who_closed
 
-from .pacing import Done, IdMap, Pacer, Wait, count_responses, plan, recorded_events
+from .pacing import Done, IdMap, Pacer, Wait, count_responses, idle, plan, recorded_events
 
 # The proxy's hop-by-hop headers, and the recorded client's User-Agent: a replay is
 # rtcap talking, not the app.
@@ -169,10 +168,7 @@ async def replay(
         reader = asyncio.ensure_future(receive())
         while not isinstance(action := pacer.next(loop.time()), Done):
             if isinstance(action, Wait):
-                woken.clear()
-                delay = None if action.until is None else max(0.0, action.until - loop.time())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), delay)
+                await idle(action, woken, loop.time())
                 continue
             recorder.message(SENT, action.data, now_ns())
             try:

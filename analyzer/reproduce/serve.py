@@ -25,7 +25,7 @@ from recorder.capture import RECEIVED, SENT, Capture
 from recorder.serving import serve_until_stopped
 from recorder.session import SessionRecorder, now_ns
 
-from .pacing import Done, Pacer, Wait, serve_plan
+from .pacing import Done, Pacer, Wait, idle, serve_plan
 
 
 def _kind(data: bytes | str) -> str:
@@ -100,10 +100,7 @@ class Player:
         try:
             while not isinstance(action := pacer.next(loop.time()), Done):
                 if isinstance(action, Wait):
-                    woken.clear()
-                    delay = None if action.until is None else max(0.0, action.until - loop.time())
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(woken.wait(), delay)
+                    await idle(action, woken, loop.time())
                     continue
                 if action.note is not None:
                     self.report(f"rtcap serve: {action.note}")

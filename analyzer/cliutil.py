@@ -77,7 +77,9 @@ def speed_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
 
 def failure_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--failure KIND``: an error type or code, ``server`` or ``any`` (default server_error)."""
-    return click.option("--failure", default="server_error", show_default=True, metavar="KIND", help=help)
+    from recorder.events import DEFAULT_FAILURE
+
+    return click.option("--failure", default=DEFAULT_FAILURE, show_default=True, metavar="KIND", help=help)
 
 
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -268,7 +268,7 @@ def holm(p: np.ndarray) -> np.ndarray:
 def analyse(
     captures: Captures,
     *,
-    failure: str = "server_error",
+    failure: str = protocol.DEFAULT_FAILURE,
     window_seconds: float = 10,
     window_events: int = 50,
     include_replays: bool = False,

@@ -371,6 +371,8 @@ SOURCES = (ERROR, RESPONSE_DONE, "close", HANDSHAKE)
 CLASSES = ("server", "client", "connection")
 COUNTED_CLASSES = ("server", "connection")
 """The classes that make a session ``failed`` (a client's own mistake does not)."""
+DEFAULT_FAILURE = "server_error"
+"""What ``--failure`` means when not given."""
 FAILURE_KINDS = ("any", "server")
 """The ``--failure`` words that are not an error type or code."""
 

@@ -194,7 +194,7 @@ def run(
     timeout: float = 10.0,
     repeat: int = 1,
     extra_headers: Iterable[str] = (),
-    failure: str = "server_error",
+    failure: str = events.DEFAULT_FAILURE,
     map_ids: bool = True,
 ) -> dict[str, Any]:
     """Replay ``capture`` ``repeat`` times; the result document SPEC describes."""

@@ -11,13 +11,14 @@ from recorder import events
 from recorder.capture import Capture
 
 from .g711 import pcm16_samples, sample_rate
+from .render import private_dir, private_file
 
 
 def write_wavs(capture: Capture, directory: Path) -> dict[str, float]:
     """Write ``input.wav`` (what the client sent) and ``output.wav`` (what the server sent),
     16-bit mono at the session's rate (24 kHz PCM16; G.711 decoded, 8 kHz). Returns each
     file's duration in seconds."""
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     formats = events.AudioFormats()
     chunks: dict[str, list[np.ndarray]] = {events.SENT: [], events.RECEIVED: []}
     for message in capture.messages:
@@ -31,7 +32,7 @@ def write_wavs(capture: Capture, directory: Path) -> dict[str, float]:
     for side, name in ((events.SENT, "input.wav"), (events.RECEIVED, "output.wav")):
         samples = np.concatenate(chunks[side]) if chunks[side] else np.zeros(0, dtype="<i2")
         rate = sample_rate(formats.of(side))
-        with wave.open(str(directory / name), "wb") as out:
+        with private_file(directory / name, binary=True) as f, wave.open(f, "wb") as out:
             out.setnchannels(1)
             out.setsampwidth(2)
             out.setframerate(rate)

@@ -99,6 +99,7 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit(table: Any, fmt: str | None, output: Path | None) -> None:
+    """Render an Arrow table to stdout, or save it to ``--output`` (0600)."""
     from analyzer.render import RenderError, output_format, save, write
 
     try:
@@ -112,7 +113,7 @@ def emit(table: Any, fmt: str | None, output: Path | None) -> None:
         save(table, chosen, output)
     except OSError as e:
         raise Failure(f"cannot write {output}: {e.strerror or e}") from None
-    click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
+    click.echo(f"wrote {plural(table.num_rows, 'row')} to {output}", err=True)
 
 
 def open_captures_for_cli(captures: Path) -> Any:
@@ -120,7 +121,7 @@ def open_captures_for_cli(captures: Path) -> Any:
     from analyzer.views import open_captures
 
     if not captures.is_dir():
-        raise Failure(f"no capture directory {captures}")
+        raise BadUsage(f"no capture directory {captures}")
     from analyzer.db import ConfigError
 
     with indexing_progress() as progress:
@@ -204,25 +205,39 @@ def emit_document(document: dict[str, Any], rows_key: str, fmt: str | None, outp
 
     import pyarrow as pa
 
-    from analyzer.render import RenderError, output_format
+    from analyzer.render import RenderError, output_format, private_file
 
     try:
         chosen = output_format(fmt, output)
     except RenderError as e:
         raise BadUsage(str(e)) from None
+    summary = document.get("summary")
+    # The finding is one line for a person: above a table on the terminal, else on stderr,
+    # so that piping the rows somewhere does not lose it.
+    if summary and chosen == "table" and output is None:
+        click.echo(summary + "\n")
+    elif summary:
+        click.echo(summary, err=True)
     if chosen == "json":
         text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
         if output is None:
             sys.stdout.write(text)
-        else:
-            output.write_text(text)
-            click.echo(f"wrote {len(document[rows_key])} rows to {output}", err=True)
+            return
+        try:
+            with private_file(output) as f:
+                f.write(text)
+        except OSError as e:
+            raise Failure(f"cannot write {output}: {e.strerror or e}") from None
+        click.echo(f"wrote {plural(len(document[rows_key]), 'row')} to {output}", err=True)
         return
     rows = [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in row.items()} for row in document[rows_key]]
     table = pa.Table.from_pylist(rows) if rows else pa.table({"feature": pa.array([], pa.string())})
-    if chosen == "table" and output is None and document.get("summary"):
-        click.echo(document["summary"] + "\n")
     emit(table, chosen, output)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def load(captures: Path, session: str, max_messages: int | None = None) -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import recorder
-from recorder.capture import Capture
+from recorder.capture import Capture, make_private_dirs
 
 from .doctor import diagnose
 from .locate import load_session
@@ -90,7 +90,7 @@ def run(
 ) -> dict[str, Any]:
     """The demo, printing as it goes; returns what it found (for tests)."""
     shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    make_private_dirs(root)
     simulator = RunningSimulator(Simulator([PLANTED, TRANSIENT], seed=SEED, speed=1000)).start()
     found: dict[str, Any] = {}
     try:

@@ -6,16 +6,40 @@ Timestamps become ISO-8601 UTC, maps JSON objects, and nothing else changes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import datetime as dt
 import decimal
-import io
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
+
+
+@contextlib.contextmanager
+def private_file(path: Path, *, binary: bool = False) -> Iterator[IO[Any]]:
+    """Open ``path`` for writing as a file only its owner can read (0600, also when it
+    existed before with wider permissions), never through a symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+        yield f
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) 0700 if missing."""
+    from recorder.capture import make_private_dirs
+
+    make_private_dirs(path)
+
 
 EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
 
@@ -121,8 +145,8 @@ def save(table: pa.Table, fmt: str, path: Path) -> None:
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        pq.write_table(table, path)
+        with private_file(path, binary=True) as f:
+            pq.write_table(table, f)
         return
-    buffer = io.StringIO()
-    write(table, fmt, buffer)
-    path.write_text(buffer.getvalue(), encoding="utf-8")
+    with private_file(path) as f:
+        write(table, fmt, f)

@@ -20,6 +20,7 @@ from recorder.capture import Capture
 
 from .doctor import ADVICE, diagnose
 from .export import export_rows
+from .render import private_file
 from .render import rows as plain_rows
 from .views import Captures
 
@@ -40,7 +41,7 @@ def build(captures: Captures, capture: Capture, output: Path) -> dict[str, Any]:
         center = first["seq"] if first["seq"] is not None else len(exported) - 1
         around = [row for row in exported if abs(row["seq"] - center) <= AROUND]
     story = readme(session, first, failures, checks, len(exported))
-    with zipfile.ZipFile(output, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+    with private_file(output, binary=True) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         bundle.writestr("README.txt", story)
         bundle.write(path, f"capture/{path.name}")
         bundle.writestr("export.jsonl", _jsonl(exported))

@@ -293,7 +293,8 @@ def test_query_command_formats_and_outputs(corpus, tmp_path: Path) -> None:
     assert row["labels"] == {"team": "voice"} and row["started_at"].endswith("Z")
     for name in ("out.parquet", "out.csv", "out.json", "out.jsonl"):
         result = run("query", q, "--captures", str(root), "--output", str(tmp_path / name))
-        assert result.exit_code == 0 and result.stderr == f"wrote 1 rows to {tmp_path / name}\n"
+        assert result.exit_code == 0 and result.stderr == f"wrote 1 row to {tmp_path / name}\n"
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
     assert json.loads((tmp_path / "out.json").read_text()) == [{"direction": "received", "n": 5}]
     assert run("query", q, "--captures", str(root), "--output", str(tmp_path / "out.txt")).exit_code == 2
     assert (

@@ -279,4 +279,5 @@ def test_the_demo_end_to_end(tmp_path: Path) -> None:
     rate = [int(line.split("reproduced ")[1].split(" of")[0]) for line in (deterministic, transient)]
     assert rate[0] >= 4 and rate[1] <= 2 and rate[0] > rate[1]
     assert (tmp_path / "demo").is_dir() and list((tmp_path / "demo").glob("report-*.zip"))
+    assert (tmp_path / "demo").stat().st_mode & 0o777 == 0o700
     assert f"rtcap sessions --captures {tmp_path / 'demo'} --failed" in out

@@ -16,6 +16,7 @@ from analyzer.cliutil import (
     load,
     open_captures_for_cli,
     output_options,
+    plural,
 )
 
 
@@ -129,6 +130,7 @@ def export(session: str, output: Path | None, audio_dir: Path | None, captures: 
       rtcap export 20261125T2337 --output session.jsonl
     """
     from analyzer.export import write_jsonl
+    from analyzer.render import private_file
 
     capture = load(captures, session)
     if capture.state == "damaged":
@@ -143,11 +145,12 @@ def export(session: str, output: Path | None, audio_dir: Path | None, captures: 
         for name, seconds in durations.items():
             click.echo(f"wrote {audio_dir / name} ({seconds:.1f} s)", err=True)
     if output is None:
-        write_jsonl(capture, sys.stdout)
+        if audio_dir is None:  # with --audio alone, the WAVs are what was asked for
+            write_jsonl(capture, sys.stdout)
         return
     try:
-        with open(output, "w", encoding="utf-8") as f:
+        with private_file(output) as f:
             count = write_jsonl(capture, f)
     except OSError as e:
         raise Failure(f"cannot write {output}: {e.strerror or e}") from None
-    click.echo(f"wrote {count} messages to {output}", err=True)
+    click.echo(f"wrote {plural(count, 'message')} to {output}", err=True)

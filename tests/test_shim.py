@@ -157,6 +157,18 @@ def test_exit_codes_and_existing_sitecustomize_pass_through(captures, tmp_path) 
     assert (result.returncode, result.stdout, result.stderr) == (7, "loaded\n", "")
 
 
+def test_a_program_not_found_exits_127_and_one_not_runnable_126(captures, tmp_path) -> None:
+    missing = rtcap_run(captures, "nosuchprog-xyz")
+    assert missing.returncode == 127 and missing.stdout == ""
+    assert missing.stderr.startswith("rtcap: error: cannot run nosuchprog-xyz") and missing.stderr.count("\n") == 1
+    script = tmp_path / "not-executable.sh"
+    script.write_text("echo ran\n")
+    script.chmod(0o600)
+    denied = rtcap_run(captures, str(script))
+    assert denied.returncode == 126 and denied.stdout == ""
+    assert denied.stderr.startswith(f"rtcap: error: cannot run {script}") and denied.stderr.count("\n") == 1
+
+
 def test_an_interpreter_that_cannot_load_the_shim_gets_one_warning(captures, tmp_path) -> None:
     # A Python without msgpack stands for one the shim cannot run in.
     (tmp_path / "msgpack.py").write_text("raise ImportError('no msgpack here')\n")

@@ -446,3 +446,14 @@ def test_direct_time_is_the_simulated_time() -> None:
     assert (connection.closed_by, connection.close_code) == ("client", 1000)
     with pytest.raises(Ended):
         connection.send("{}")
+
+
+def test_simulate_help_points_to_the_rules_where_they_are() -> None:
+    from click.testing import CliRunner
+
+    from analyzer.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["simulate", "--help"]).output.split())
+    # click prints the command's text, where the rules are, before its options.
+    assert text.index("A fault RULE is an effect") < text.index("--fault RULE")
+    assert "see below" not in text and "A fault rule (repeatable), written as shown above." in text

@@ -88,8 +88,9 @@ def run(
     The in-process shim records each connection made with the `websockets` library
     (asyncio or sync, however `connect` is used; the openai SDK included) in COMMAND and
     in every Python process it starts, into the same capture files as `rtcap proxy`.
-    COMMAND replaces rtcap: its output, exit code and signals are its own. Programs
-    that do not use `websockets` (aiohttp, Node, browsers) need `rtcap proxy` instead.
+    COMMAND replaces rtcap: its output, exit code and signals are its own (as in a shell,
+    127 when COMMAND is not found, 126 when it cannot be run). Programs that do not use
+    `websockets` (aiohttp, Node, browsers) need `rtcap proxy` instead.
 
     \b
     Example:
@@ -109,12 +110,15 @@ def run(
     try:
         os.execvpe(command[0], list(command), env)
     except OSError as e:
-        raise Failure(f"cannot run {command[0]}: {e.strerror or e}") from None
+        failure = Failure(f"cannot run {command[0]}: {e.strerror or e}")
+        # As a shell does: 127 for a program not found, 126 for one found but not runnable.
+        failure.exit_code = 127 if isinstance(e, FileNotFoundError) else 126
+        raise failure from None
 
 
 @click.command()
 @listen_option("simulate")
-@click.option("--fault", "faults", multiple=True, metavar="RULE", help="A fault rule (repeatable); see below.")
+@click.option("--fault", "faults", multiple=True, metavar="RULE", help="A fault rule (repeatable), written as shown above.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random, per session.")
 @speed_option("Divide all pacing by F (tests use 1000).")
 @click.option(

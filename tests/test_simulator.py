@@ -456,4 +456,4 @@ def test_simulate_help_points_to_the_rules_where_they_are() -> None:
     text = " ".join(CliRunner().invoke(cli, ["simulate", "--help"]).output.split())
     # click prints the command's text, where the rules are, before its options.
     assert text.index("A fault RULE is an effect") < text.index("--fault RULE")
-    assert "see below" not in text and "A fault rule (repeatable), written as shown above." in text
+    assert "see below" not in text and "A fault rule (repeatable), as above." in text

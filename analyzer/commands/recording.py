@@ -118,7 +118,7 @@ def run(
 
 @click.command()
 @listen_option("simulate")
-@click.option("--fault", "faults", multiple=True, metavar="RULE", help="A fault rule (repeatable), written as shown above.")
+@click.option("--fault", "faults", multiple=True, metavar="RULE", help="A fault rule (repeatable), as above.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random, per session.")
 @speed_option("Divide all pacing by F (tests use 1000).")
 @click.option(

@@ -116,21 +116,45 @@ def emit(table: Any, fmt: str | None, output: Path | None) -> None:
     click.echo(f"wrote {plural(table.num_rows, 'row')} to {output}", err=True)
 
 
-def open_captures_for_cli(captures: Path) -> Any:
+def open_captures_for_cli(captures: Path, include_replays: bool = False) -> Any:
     """Index the capture root (with a progress bar when that takes a while) and open it."""
+    from analyzer.db import ConfigError
     from analyzer.views import open_captures
 
     if not captures.is_dir():
         raise BadUsage(f"no capture directory {captures}")
-    from analyzer.db import ConfigError
-
     with indexing_progress() as progress:
         try:
-            return open_captures(captures, progress=progress)
+            return open_captures(captures, progress=progress, include_replays=include_replays)
         except ConfigError as e:
             raise BadUsage(str(e)) from None
         except OSError as e:
             raise Failure(f"cannot index {captures}: {e.strerror or e}") from None
+
+
+_HOLDERS: list[Any] = []  # temporary roots of captures from elsewhere, kept until exit
+
+
+def open_for_session(captures: Path, capture: Any) -> Any:
+    """The views over the root that holds ``capture`` (a temporary one for a capture from
+    outside ``captures``), with replays in when the capture is one."""
+    from analyzer.locate import root_holding
+    from analyzer.views import REPLAY_RECORDERS
+
+    try:
+        root, holder = root_holding(captures, capture)
+    except OSError as e:
+        raise Failure(f"cannot read {capture.path}: {e.strerror or e}") from None
+    if holder is not None:
+        _HOLDERS.append(holder)
+    return open_captures_for_cli(root, include_replays=capture.header.get("recorder") in REPLAY_RECORDERS)
+
+
+def replays_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--include-replays``: the views also hold the sessions rtcap made itself."""
+    return click.option(
+        "--include-replays", is_flag=True, help="Also count replay, serve and simulator sessions (left out by default)."
+    )(command)
 
 
 @contextlib.contextmanager

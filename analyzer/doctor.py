@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from recorder import events
 
-from .views import REPLAY_RECORDERS, Captures
+from .views import Captures
 
 MAX_APPEND_BYTES = 15 * 1024 * 1024
 ADVICE = {
@@ -56,23 +56,20 @@ _PAYLOAD_TYPES = ("rate_limits.updated", events.ERROR)
 COLUMNS = ("session_id", "check", "status", "evidence", "advice")
 
 
-def diagnose(captures: Captures, session_id: str | None = None, include_replays: bool = False) -> pa.Table:
-    """Checklist rows for one session, or for every session when ``session_id`` is None:
-    ``session_id, check, status (pass|warn|fail), evidence, advice``."""
-    rows = _checks(captures, session_id, include_replays)
+def diagnose(captures: Captures, session_id: str | None = None) -> pa.Table:
+    """Checklist rows for one session, or for every session of the views when
+    ``session_id`` is None: ``session_id, check, status (pass|warn|fail), evidence, advice``."""
+    rows = _checks(captures, session_id)
     return pa.Table.from_pylist(rows, schema=pa.schema([(name, pa.string()) for name in COLUMNS]))
 
 
-def _checks(captures: Captures, session_id: str | None, include_replays: bool) -> list[dict[str, str]]:
+def _checks(captures: Captures, session_id: str | None) -> list[dict[str, str]]:
     params: list[Any] = []
     if session_id:
         where = "session_id = ?"
         params.append(session_id)
-    elif include_replays:
-        where = "true"
     else:
-        where = "coalesce(recorder, '') NOT IN (SELECT unnest(?::VARCHAR[]))"
-        params.append(list(REPLAY_RECORDERS))
+        where = "true"
     chosen = f"SELECT session_id FROM sessions WHERE {where}"
     sessions = [
         tuple(row.values())

@@ -3,12 +3,18 @@ argument names (an id, a unique prefix of one, a file path, or the server's ``se
 
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from recorder import events
-from recorder.capture import Capture, CaptureError, read_capture
+from recorder.capture import Capture, CaptureError, make_private_dirs, read_capture
+from recorder.session import capture_path
 
 SESSION_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]/*.msgpack"
+SESSION_ID = re.compile(r"\d{8}T\d{12}Z-[a-z2-7]{8}")
+"""What ``recorder.session.new_session_id`` makes."""
 
 
 class SessionNotFound(Exception):
@@ -63,3 +69,20 @@ def load_session(captures: Path, ref: str, max_messages: int | None = None) -> C
     """The capture ``ref`` names, read (only its first ``max_messages`` if given).
     Raises :class:`SessionNotFound` or :class:`~recorder.capture.CaptureError`."""
     return read_capture(find_session(captures, ref), max_messages=max_messages)
+
+
+def root_holding(captures: Path, capture: Capture) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    """A capture root whose index holds ``capture``: ``captures`` when the file is one of
+    its sessions, else a temporary root holding a copy of it (a capture from elsewhere,
+    such as the one inside a report bundle). Keep the returned directory object alive
+    for as long as the root is used."""
+    path = capture.path.absolute()
+    if captures.is_dir() and path.parent.parent == captures.absolute() and path in capture_files(captures.absolute()):
+        return captures, None
+    holder = tempfile.TemporaryDirectory(prefix="rtcap-")
+    root = Path(holder.name)
+    session_id = capture.session_id
+    copy = capture_path(root, session_id) if SESSION_ID.fullmatch(session_id) else root / "1970-01-01" / path.name
+    make_private_dirs(copy.parent)
+    shutil.copyfile(path, copy)
+    return root, holder

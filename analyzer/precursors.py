@@ -20,7 +20,7 @@ import numpy as np
 
 from recorder import events as protocol
 
-from .views import REPLAY_RECORDERS, Captures
+from .views import Captures
 
 SIGNIFICANT = 0.001
 NEAR_IDENTICAL = 0.05  # features whose windows differ in at most 5% of them are merged
@@ -47,21 +47,17 @@ class Window:
     features: set[str] = dataclasses.field(default_factory=set)
 
 
-def windows(captures: Captures, failure: str, seconds: float, events: int, include_replays: bool) -> list[Window]:
+def windows(captures: Captures, failure: str, seconds: float, events: int) -> list[Window]:
     """Failure and control windows with their features."""
-    kept = "true" if include_replays else "coalesce(s.recorder, '') NOT IN (SELECT unnest(?::VARCHAR[]))"
-    kept_params: list[Any] = [] if include_replays else [list(REPLAY_RECORDERS)]
     chosen = [
         row
         for row in captures.sql(
-            f"""
+            """
             SELECT f.session_id, f.seq AS fail_seq, f.t_s AS fail_t, f.class, f.error_type, f.code,
                    coalesce(r.created_seq, f.seq) AS end_seq, coalesce(r.created_t_s, f.t_s) AS end_t
-            FROM failures f JOIN sessions s USING (session_id)
+            FROM failures f
             LEFT JOIN responses r ON r.session_id = f.session_id AND r.response_id = f.response_id
-            WHERE {kept}
-            """,
-            kept_params,
+            """
         ).to_pylist()
         if protocol.matches(failure, row["class"], row["error_type"], row["code"])
     ]
@@ -88,12 +84,10 @@ def windows(captures: Captures, failure: str, seconds: float, events: int, inclu
     controls = [
         (row["session_id"], row["created_seq"], row["created_t_s"])
         for row in captures.sql(
-            f"""
-            SELECT r.session_id, r.created_seq, r.created_t_s
-            FROM responses r JOIN sessions s USING (session_id)
-            WHERE r.status = 'completed' AND r.created_seq IS NOT NULL AND {kept}
-            """,
-            kept_params,
+            """
+            SELECT session_id, created_seq, created_t_s FROM responses
+            WHERE status = 'completed' AND created_seq IS NOT NULL
+            """
         ).to_pylist()
         if not holds_failure(row["session_id"], row["created_seq"], row["created_t_s"])
     ]
@@ -271,10 +265,9 @@ def analyse(
     failure: str = protocol.DEFAULT_FAILURE,
     window_seconds: float = 10,
     window_events: int = 50,
-    include_replays: bool = False,
 ) -> dict[str, Any]:
     """The precursor document SPEC describes (see ``rtcap precursors --help``)."""
-    found = windows(captures, failure, window_seconds, window_events, include_replays)
+    found = windows(captures, failure, window_seconds, window_events)
     failed = [w for w in found if w.failed]
     controls = [w for w in found if not w.failed]
     n_fail, n_ctrl = len(failed), len(controls)
@@ -315,7 +308,7 @@ def analyse(
         "seconds": window_seconds,
         "events": window_events,
         "failure": failure,
-        "include_replays": include_replays,
+        "include_replays": captures.include_replays,
     }
     return {
         "failures": n_fail,

@@ -165,9 +165,17 @@ class Captures:
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, update: bool = True, progress: Callable[[int, int], None] | None = None
+        self,
+        root: str | os.PathLike[str],
+        *,
+        update: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+        include_replays: bool = False,
     ) -> None:
         self.index = Index(Path(root))
+        self.include_replays = include_replays
+        """Whether the views hold the sessions rtcap made itself (replay, serve, simulator);
+        without it they are left out of every view."""
         self.report = self.index.update(progress) if update else UpdateReport()
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
@@ -180,14 +188,20 @@ class Captures:
         try:
             parts = [str(p) for p in self.index.part_files(fresh=True)]
             if parts:
-                con.register("_events", ds.dataset(parts, format="parquet"))
+                con.register("_all_events", ds.dataset(parts, format="parquet"))
             else:
-                con.execute(f"CREATE TEMP VIEW _events AS {_EMPTY_EVENTS}")
+                con.execute(f"CREATE TEMP VIEW _all_events AS {_EMPTY_EVENTS}")
             if self.index.manifest_path.exists():
                 manifest = pq.read_table(self.index.manifest_path)
             else:
                 manifest = pa.Table.from_pylist([], schema=MANIFEST_SCHEMA)
-            con.register("_manifest", manifest)
+            con.register("_all_manifest", manifest)
+            kept = "true" if self.include_replays else f"coalesce(recorder NOT IN {in_list(REPLAY_RECORDERS)}, true)"
+            con.execute(f"CREATE TEMP VIEW _manifest AS SELECT * FROM _all_manifest WHERE {kept}")
+            con.execute(
+                "CREATE TEMP VIEW _events AS SELECT * FROM _all_events"
+                + ("" if self.include_replays else " WHERE session_id IN (SELECT session_id FROM _manifest)")
+            )
             con.execute(_VIEWS)
             lock(con)
         except BaseException:

@@ -91,12 +91,10 @@ def test_precursors_cli_formats(tmp_path: Path) -> None:
     assert csv_out.splitlines()[0].startswith("feature,kind,failures_with,controls_with")
     table = runner.invoke(cli, ["precursors", "--captures", str(root), "--format", "table"]).stdout
     assert table.splitlines()[0] == document["summary"]
-    none = json.loads(
-        runner.invoke(
-            cli, ["precursors", "--captures", str(root), "--failure", "no_such_error", "--format", "json"]
-        ).stdout
-    )
-    assert none["failures"] == 0 and none["summary"].startswith("No no_such_error")
+    # A --failure that matches nothing says so, and is an error (issue 12): not an empty table.
+    none = runner.invoke(cli, ["precursors", "--captures", str(root), "--failure", "no_such_error", "--format", "json"])
+    assert none.exit_code == 1 and none.stdout == ""
+    assert none.stderr.startswith("rtcap: error: No no_such_error in these captures")
 
 
 # -- doctor ----------------------------------------------------------------------------

@@ -70,7 +70,9 @@ def test_a_deterministic_failure_reproduces_with_ids_mapped(start_simulator, tmp
         assert got == [recorded[0], {**recorded[1], "item_id": new_item}, recorded[2], recorded[3]]
         assert not any(json.loads(m)["type"] == "error" for m in replay_log.sent)
     # Each replay is a recorded session that names what it replays.
-    rows = open_captures(root).sql("SELECT recorder, replay_of FROM sessions WHERE recorder = 'replay'").to_pylist()
+    replays = open_captures(root, include_replays=True)
+    rows = replays.sql("SELECT recorder, replay_of FROM sessions WHERE recorder = 'replay'").to_pylist()
+    assert open_captures(root).sql("SELECT count(*) AS n FROM sessions WHERE is_replay").to_pylist() == [{"n": 0}]
     assert rows == [{"recorder": "replay", "replay_of": capture.session_id}] * 2
 
 

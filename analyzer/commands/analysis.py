@@ -18,7 +18,9 @@ from analyzer.cliutil import (
     library,
     load,
     open_captures_for_cli,
+    open_for_session,
     output_options,
+    replays_option,
 )
 
 
@@ -32,7 +34,7 @@ from analyzer.cliutil import (
     help="How far back a window reaches in time.",
 )
 @click.option("--window-events", type=click.IntRange(min=1), default=50, show_default=True, help="...and in messages.")
-@click.option("--include-replays", is_flag=True, help="Also count simulator, serve and replay sessions.")
+@replays_option
 @click.option("--strict", is_flag=True, help="Exit 1 when a feature is significant (for CI).")
 @output_options
 @captures_option
@@ -61,14 +63,10 @@ def precursors(
     """
     from analyzer.precursors import analyse
 
-    opened = open_captures_for_cli(captures)
-    document = analyse(
-        opened,
-        failure=failure,
-        window_seconds=window_seconds,
-        window_events=window_events,
-        include_replays=include_replays,
-    )
+    opened = open_captures_for_cli(captures, include_replays)
+    document = library(analyse, opened, failure=failure, window_seconds=window_seconds, window_events=window_events)
+    if document["failures"] == 0:  # nothing to compare: say so rather than print an empty table
+        raise Failure(document["summary"])
     emit_document(document, "features", fmt, output)
     if strict and any(f["significant"] for f in document["features"]):
         sys.exit(1)
@@ -76,7 +74,7 @@ def precursors(
 
 @click.command()
 @click.argument("session", required=False)
-@click.option("--include-replays", is_flag=True, help="Also check simulator, serve and replay sessions.")
+@replays_option
 @click.option("--strict", is_flag=True, help="Exit 1 when a check fails (for CI).")
 @output_options
 @captures_option
@@ -97,8 +95,11 @@ def doctor(
     """
     from analyzer.doctor import diagnose
 
-    session_id = load(captures, session, max_messages=1).session_id if session is not None else None
-    checks = library(diagnose, open_captures_for_cli(captures), session_id, include_replays=include_replays)
+    if session is None:
+        checks = library(diagnose, open_captures_for_cli(captures, include_replays))
+    else:
+        capture = load(captures, session, max_messages=1)
+        checks = library(diagnose, open_for_session(captures, capture), capture.session_id)
     emit(checks, fmt, output)
     if strict and "fail" in checks.column("status").to_pylist():
         sys.exit(1)
@@ -127,7 +128,7 @@ def report(session: str, output: Path, captures: Path) -> None:
         raise BadUsage(f"--output {output}: the bundle is a .zip file")
     capture = load(captures, session)
     try:
-        made = build(open_captures_for_cli(captures), capture, output)
+        made = build(open_for_session(captures, capture), capture, output)
     except OSError as e:
         raise Failure(f"cannot write {output}: {e.strerror or e}") from None
     failure = made["failure"]

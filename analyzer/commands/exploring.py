@@ -15,16 +15,19 @@ from analyzer.cliutil import (
     library,
     load,
     open_captures_for_cli,
+    open_for_session,
     output_options,
     plural,
+    replays_option,
 )
 
 
 @click.command()
 @click.argument("sql")
+@replays_option
 @output_options
 @captures_option
-def query(sql: str, fmt: str | None, output: Path | None, captures: Path) -> None:
+def query(sql: str, include_replays: bool, fmt: str | None, output: Path | None, captures: Path) -> None:
     """Run SQL over every capture (SQL of "-" is read from stdin).
 
     The views are sessions, events, failures and responses (see the README); queries
@@ -37,11 +40,12 @@ def query(sql: str, fmt: str | None, output: Path | None, captures: Path) -> Non
     """
     if sql == "-":
         sql = sys.stdin.read()
-    opened = open_captures_for_cli(captures)
+    opened = open_captures_for_cli(captures, include_replays)
     emit(library(opened.sql, sql), fmt, output)
 
 
 @click.command()
+@replays_option
 @click.option("--failed", is_flag=True, help="Only sessions with server or connection failures.")
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Only sessions with this label (repeatable).")
 @click.option(
@@ -51,6 +55,7 @@ def query(sql: str, fmt: str | None, output: Path | None, captures: Path) -> Non
 @output_options
 @captures_option
 def sessions(
+    include_replays: bool,
     failed: bool,
     labels: tuple[str, ...],
     since: str | None,
@@ -73,7 +78,7 @@ def sessions(
         when = since_time(since) if since else None
     except ValueError as e:
         raise BadUsage(str(e)) from None
-    opened = open_captures_for_cli(captures)
+    opened = open_captures_for_cli(captures, include_replays)
     emit(library(list_sessions, opened, failed=failed, labels=wanted, since=when, limit=limit), fmt, output)
 
 
@@ -101,8 +106,8 @@ def show(session: str, around: int | None, context: int, captures: Path) -> None
     """
     from analyzer.explore import render_timeline, session_events
 
-    session_id = load(captures, session, max_messages=1).session_id
-    events = library(session_events, open_captures_for_cli(captures), session_id, around, context)
+    capture = load(captures, session, max_messages=1)
+    events = library(session_events, open_for_session(captures, capture), capture.session_id, around, context)
     render_timeline(events, sys.stdout, color=sys.stdout.isatty())
 
 

@@ -396,16 +396,29 @@ def test_a_fault_strikes_even_when_the_response_is_short() -> None:
 # -- without sockets ----------------------------------------------------------------------
 
 
+SESSION_ID = re.compile(rb'"sess_[A-Za-z0-9]+"')
+
+
+def session_ids(root: Path) -> list[str]:
+    """The server session ids of the captures under ``root``, in the order of their files."""
+    return [
+        SESSION_ID.findall(read_capture(path).messages[0].data())[0].decode().strip('"')
+        for path in sorted(root.rglob("*.msgpack"))
+    ]
+
+
 def wire(root: Path) -> list[tuple]:
-    """Each session's messages each way (``expires_at`` is wall time), and how it ended.
-    How the two directions interleave is left out: over sockets, that is up to timing."""
+    """Each session's messages each way, and how it ended; not ``expires_at`` (wall time)
+    or the ``sess_`` id (unique to a run). How the two directions interleave is left out:
+    over sockets, that is up to timing."""
+
+    def seeded(data: bytes) -> bytes:
+        return SESSION_ID.sub(b'"sess_"', re.sub(rb'"expires_at":\d+', b"", data))
+
     sessions = []
     for path in sorted(root.rglob("*.msgpack")):
         capture = read_capture(path)
-        ways = {
-            way: [re.sub(rb'"expires_at":\d+', b"", m.data()) for m in capture.messages if m.direction == way]
-            for way in ("sent", "received")
-        }
+        ways = {way: [seeded(m.data()) for m in capture.messages if m.direction == way] for way in ("sent", "received")}
         sessions.append((ways, capture.end["closed_by"], capture.end["code"], capture.header["recorder"]))
     return sessions
 
@@ -429,6 +442,22 @@ def test_direct_sessions_record_what_the_proxy_records(tmp_path: Path) -> None:
         ("server", 1006),
         ("server", 1011),
     }
+
+
+def test_server_session_ids_differ_between_runs_with_the_same_seed_and_nothing_else_does(tmp_path: Path) -> None:
+    faults = ["fail p=0.3", "drop nth=3 p=0.5"]
+    record_direct(tmp_path / "one", faults, sessions=4, seed=5)
+    record_direct(tmp_path / "two", faults, sessions=4, seed=5)
+    ids = session_ids(tmp_path / "one") + session_ids(tmp_path / "two")
+    assert len(set(ids)) == 8 and all(re.fullmatch(r"sess_[A-Za-z0-9]{21}", i) for i in ids)
+    assert wire(tmp_path / "one") == wire(tmp_path / "two")
+    # Over sockets too: two servers seeded alike name their first sessions differently.
+    names = []
+    for _ in range(2):
+        with running(speed=1000, seed=5) as sim:
+            with connect(sim.url + "/v1/realtime?model=gpt-realtime") as ws:
+                names.append(json.loads(ws.recv())["session"]["id"])
+    assert names[0] != names[1]
 
 
 def test_direct_time_is_the_simulated_time() -> None:

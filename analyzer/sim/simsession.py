@@ -27,7 +27,7 @@ from .config import SessionConfig
 from .conversation import Conversation
 from .faults import ClientEvent, Rule
 from .responses import Responder
-from .steps import Close, Drop, Emitter, Response, Send, SimError, Stall, StartResponse, Step
+from .steps import Close, Drop, Emitter, Response, Send, SimError, Stall, StartResponse, Step, unique_id
 from .voice import MS_PER_CHAR
 
 __all__ = [
@@ -59,13 +59,19 @@ class SimSession:
         now: float,
         max_session_s: float = 1800,
         expires_at: int | None = None,
+        session_id: str | None = None,
     ) -> None:
         self.dialect = dialect
         self.model = model
         self.rng = rng
         self.max_session_s = max_session_s
         self.emit = Emitter(rng)
-        self.session_id = self.emit.id("sess")
+        # A seeded id would come back in every run with the seed, and a sess_ id names one
+        # session (SESSION arguments look it up). The seeded draw is still made, and thrown
+        # away, so every other id and draw of the session stays what the seed made it.
+        self.emit.id("sess")
+        self.session_id = session_id or unique_id("sess")
+        """The server's id for the session: ``session_id``, else one unique to this run."""
         self.conversation_id = self.emit.id("conv")
         self.config = SessionConfig(dialect, session_id=self.session_id, model=model, expires_at=expires_at)
         self.conversation = Conversation(self.emit, self.config)

@@ -3,7 +3,8 @@
 A real WebSocket server (websockets) that speaks the OpenAI and Azure realtime protocols
 (see :mod:`analyzer.sim.simsession` for what a session does) and fails in the ways real
 servers do when fault rules (:mod:`analyzer.sim.faults`) say so. Runs are reproducible: each
-session's random generator is seeded from ``seed`` and the session's number.
+session's random generator is seeded from ``seed`` and the session's number, and only the
+server's ``sess_`` session id differs from run to run (it names one session for good).
 
 For tests, :func:`running` starts one on port 0 in a thread of its own.
 """

@@ -3,13 +3,15 @@
 A session answers each client event with :data:`Step` values that the server loop carries
 out: send an event after a delay, stall, close, drop, or start streaming a response. Ids
 and events come from one :class:`Emitter` per session, which draws every id from the
-session's seeded generator: the same seed and the same client events give the same bytes.
+session's seeded generator: the same seed and the same client events give the same bytes,
+but for the session's own ``sess_`` id, which :func:`unique_id` makes unique to the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import secrets
 import string
 from typing import Any
 
@@ -75,6 +77,15 @@ class SimError(Exception):
         self.code, self.message, self.param, self.kind = code, message, param, kind
 
 
+ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def unique_id(prefix: str) -> str:
+    """An id such as ``sess_`` and 21 letters and digits, drawn from the system's
+    randomness, not a seed: no other run, seeded alike or not, hands it out again."""
+    return f"{prefix}_" + "".join(secrets.choice(ID_ALPHABET) for _ in range(21))
+
+
 class Emitter:
     """Makes a session's ids and server events. Every id is drawn from the session's
     generator, so the order in which events are made is part of what a seed reproduces."""
@@ -84,7 +95,7 @@ class Emitter:
 
     def id(self, prefix: str) -> str:
         """A new id such as ``item_`` and 21 letters and digits."""
-        return f"{prefix}_" + "".join(self.rng.choice(string.ascii_letters + string.digits) for _ in range(21))
+        return f"{prefix}_" + "".join(self.rng.choice(ID_ALPHABET) for _ in range(21))
 
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
         """A server event of type ``kind`` with a new ``event_id``."""

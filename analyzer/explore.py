@@ -8,7 +8,10 @@ from typing import IO, Any
 
 import pyarrow as pa
 
-from .timeline import timeline
+from recorder import events
+from recorder.capture import Capture
+
+from .timeline import ending, timeline
 from .views import Captures
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -62,22 +65,85 @@ def list_sessions(
     return captures.sql(query, params + ([limit] if limit else []))
 
 
-def session_events(captures: Captures, session_id: str, around: int | None, context: int) -> pa.Table:
-    """The events of one session, optionally only those around a seq."""
+TIMELINE_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("last_seq", pa.int64()),
+        ("t_s", pa.float64()),
+        ("gap_s", pa.float64()),
+        ("direction", pa.string()),
+        ("type", pa.string()),
+        ("count", pa.int64()),
+        ("bytes", pa.int64()),
+        ("audio_ms", pa.float64()),
+        ("summary", pa.string()),
+        ("failure", pa.bool_()),
+    ]
+)
+
+
+def session_timeline(captures: Captures, session_id: str, around: int | None = None, context: int = 20) -> pa.Table:
+    """``rtcap show``: a session's timeline (runs of deltas collapsed, failures marked, and
+    a last line for how it ended), or only the lines within ``context`` of seq ``around``.
+    Raises ``ValueError`` for an ``around`` outside the session's seqs."""
+    [session] = captures.sql("SELECT * FROM sessions WHERE session_id = ?", [session_id]).to_pylist() or [{}]
+    last_seq = (session.get("messages") or 0) - 1
     where = ["session_id = ?"]
     params: list[Any] = [session_id]
+    previous_t = 0.0
     if around is not None:
+        if not 0 <= around <= last_seq:
+            span = f"0-{last_seq}" if last_seq >= 0 else "none: it has no messages"
+            raise ValueError(f"--around {around} is outside the session's seqs ({span})")
         where.append("seq BETWEEN ? AND ?")
         params += [around - context, around + context]
-    return captures.sql(
+        [before] = captures.sql(
+            "SELECT max(t_s) AS t FROM events WHERE session_id = ? AND seq < ?", [session_id, around - context]
+        ).to_pylist()
+        previous_t = before["t"] or 0.0
+    rows = captures.sql(
         "SELECT seq, t_s, direction, type, bytes, audio_ms, payload::VARCHAR AS payload "
         "FROM events WHERE " + " AND ".join(where) + " ORDER BY seq",
         params,
     )
+    lines = timeline(rows, previous_t)
+    if around is None or around + context >= last_seq:
+        failures = captures.sql(
+            "SELECT * FROM failures WHERE session_id = ? AND seq IS NULL ORDER BY source = 'handshake' DESC",
+            [session_id],
+        ).to_pylist()
+        end = ending(session, failures)
+        end.gap_s = end.t_s - (lines[-1].t_s if lines else previous_t)
+        lines.append(end)
+    fields = [f.name for f in TIMELINE_SCHEMA]
+    return pa.Table.from_pylist(
+        [{name: getattr(line, name) for name in fields} for line in lines], schema=TIMELINE_SCHEMA
+    )
 
 
-def render_timeline(events: pa.Table, out: IO[str], *, color: bool) -> None:
-    """Print the timeline of a session's events."""
+def message_json(capture: Capture, seq: int) -> str:
+    """One message of a capture in full (``rtcap show --seq``): its JSON, indented, or its
+    text as it was, or base64 for a binary message. Raises ``ValueError`` for a seq the
+    capture does not hold."""
+    import base64
+    import json
+
+    for message in capture.messages:
+        if message.seq == seq:
+            data = message.data()
+            if message.opcode != "text":
+                return base64.b64encode(data).decode()
+            event = events.parse(data)
+            if event is None:
+                return data.decode("utf-8", errors="replace")
+            return json.dumps(event, indent=2, ensure_ascii=False)
+    last = capture.messages[-1].seq if capture.messages else None
+    span = f"0-{last}" if last is not None else "none: it has no messages"
+    raise ValueError(f"--seq {seq} is not in the session (its seqs: {span})")
+
+
+def render_timeline(lines: pa.Table, out: IO[str], *, color: bool) -> None:
+    """Print a session's timeline (see :func:`session_timeline`) for a person."""
     from rich.console import Console, JustifyMethod
     from rich.table import Table
 
@@ -95,15 +161,18 @@ def render_timeline(events: pa.Table, out: IO[str], *, color: bool) -> None:
         view.add_column(
             name, justify=justify, no_wrap=name != "summary", overflow="ellipsis" if name != "summary" else "fold"
         )
-    for line in timeline(events):
-        seq = f"{line.seq}" if line.count == 1 else f"{line.seq}-{line.last_seq}"
-        kind = line.type
-        arrow = "->" if line.direction == "sent" else "<-"
-        summary = line.summary if len(line.summary) <= 100 else line.summary[:99] + "…"
-        style = "bold red" if line.failure else None
-        marker = "FAILED " if line.failure else ""
+    for line in lines.to_pylist():
+        if line["seq"] is None:
+            seq = "end"
+        else:
+            seq = f"{line['seq']}" if line["count"] == 1 else f"{line['seq']}-{line['last_seq']}"
+        arrow = {"sent": "->", "received": "<-"}.get(line["direction"], "")
+        summary = line["summary"] if len(line["summary"]) <= 100 else line["summary"][:99] + "…"
+        style = "bold red" if line["failure"] else None
+        marker = "FAILED " if line["failure"] else ""
+        size = _size(line["bytes"]) if line["seq"] is not None else ""
         view.add_row(
-            seq, f"{line.t_s:.3f}", f"+{line.gap_s:.3f}", arrow, kind, _size(line.bytes), marker + summary, style=style
+            seq, f"{line['t_s']:.3f}", f"+{line['gap_s']:.3f}", arrow, line["type"], size, marker + summary, style=style
         )
     Console(file=out, no_color=not color, force_terminal=color, width=200 if not color else None).print(view)
 

@@ -14,11 +14,12 @@ from recorder import events
 class Line:
     """One line of the timeline: a message, or a run of deltas of one type."""
 
-    seq: int
-    last_seq: int
+    seq: int | None
+    """``None`` for the line that tells how the session ended."""
+    last_seq: int | None
     t_s: float
     gap_s: float
-    direction: str
+    direction: str | None
     type: str
     count: int
     bytes: int
@@ -56,10 +57,10 @@ def _summary(event: dict[str, Any] | None, kind: str) -> tuple[str, bool]:
     return "", False
 
 
-def timeline(rows: pa.Table) -> list[Line]:
-    """Lines for a session's events (one session, ``seq`` order)."""
+def timeline(rows: pa.Table, previous_t: float = 0.0) -> list[Line]:
+    """Lines for a session's events (one session, ``seq`` order); ``previous_t`` is when the
+    message before the first row was (the first gap is measured from it)."""
     lines: list[Line] = []
-    previous_t = 0.0
     for row in rows.to_pylist():
         kind = row["type"] or ("(binary)" if row["payload"] is None else "(text)")
         event = events.parse(row["payload"])
@@ -91,3 +92,26 @@ def timeline(rows: pa.Table) -> list[Line]:
             said = f": {line.summary}" if line.summary else ""
             line.summary = f"{line.audio_ms:.0f} ms of audio{said}"
     return lines
+
+
+def ending(session: dict[str, Any], failures: list[dict[str, Any]]) -> Line:
+    """The line that tells how a session ended (or that it has not), from its ``sessions``
+    row and its failures that belong to no message (a drop, a failed handshake)."""
+    t_s = session.get("duration_s") or 0.0
+    if session.get("state") == "open":
+        return Line(None, None, t_s, 0.0, None, "(open)", 0, 0, 0.0, "still being recorded", False)
+    failure = failures[0] if failures else None
+    if failure is not None and failure["source"] == events.HANDSHAKE:
+        kind, text = "(handshake)", f"{failure['error_type']}: {failure['message'] or ''}".strip()
+    elif failure is not None:
+        code = session.get("close_code")
+        kind = "(dropped)" if code in (None, 1006) else "(closed)"
+        during = f" during {failure['response_id']}" if failure.get("response_id") else ""
+        text = f"connection {failure['error_type']} ({code}){during}: {failure['message'] or ''}".strip()
+    else:
+        code, reason = session.get("close_code"), session.get("close_reason")
+        kind = "(closed)" if session.get("close_by") else "(ended)"
+        text = f"by {session.get('close_by') or 'nobody known'}, code {code}" + (f": {reason}" if reason else "")
+        if session.get("end_error"):
+            text += f"; {session['end_error']}"
+    return Line(None, None, t_s, 0.0, None, kind, 0, 0, 0.0, text, failure is not None)

@@ -481,3 +481,5 @@ def test_a_rejected_or_unreachable_upstream_is_a_failure(start_simulator, start_
 
     story = zipfile.ZipFile(bundle).read("README.txt").decode()
     assert "upstream_unreachable" in story and "handshake" in story and "No failure" not in story
+    shown = run("show", unreachable["session_id"], "--captures", str(captures)).stdout.splitlines()
+    assert shown[-1].split()[:5] == ["end", "0.000", "+0.000", "(handshake)", "FAILED"]

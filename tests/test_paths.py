@@ -94,3 +94,55 @@ def test_replays_are_left_out_unless_asked_for(original: Path, make_capture, cap
     assert shown.exit_code == 0 and "FAILED" in shown.output
     doctor = run("doctor", replay.stem, "--captures", str(captures), "--format", "json")
     assert {row["session_id"] for row in json.loads(doctor.stdout)} == {replay.stem}
+
+
+def lines_of(result) -> list[list[str]]:
+    return [line.split() for line in result.stdout.splitlines()[1:]]
+
+
+def test_show_marks_how_a_session_ended(make_capture, captures: Path) -> None:
+    closed = make_capture(MESSAGES[:2], end_code=1000)
+    dropped = make_capture(MESSAGES[:3], end_code=1006, closed_by="server")
+    for capture, kind, failed in ((closed, "(closed)", False), (dropped, "(dropped)", True)):
+        result = run("show", capture.stem, "--captures", str(captures))
+        assert result.exit_code == 0, result.output
+        last = result.stdout.splitlines()[-1]
+        assert last.split()[0] == "end" and kind in last and ("FAILED" in last) is failed, last
+    assert "connection_closed (1006) during resp_1" in run("show", dropped.stem, "--captures", str(captures)).stdout
+
+
+def test_show_around_measures_gaps_and_checks_its_range(make_capture, captures: Path) -> None:
+    capture = make_capture([(n * 0.5, SENT, {"type": "response.cancel"}) for n in range(10)])
+    around = run("show", capture.stem, "--around", "5", "--context", "1", "--captures", str(captures))
+    assert [(row[0], row[2]) for row in lines_of(around)] == [("4", "+0.500"), ("5", "+0.500"), ("6", "+0.500")]
+    tail = run("show", capture.stem, "--around", "9", "--context", "0", "--captures", str(captures))
+    assert [row[0] for row in lines_of(tail)] == ["9", "end"]
+    for bad in (
+        ["--around", "10"],
+        ["--around", "-1"],
+        ["--context", "3"],
+        ["--seq", "10"],
+        ["--seq", "1", "--around", "1"],
+    ):
+        result = run("show", capture.stem, *bad, "--captures", str(captures))
+        assert result.exit_code == 2, (bad, result.output)
+        assert result.stderr.startswith("rtcap: error: ") and len(result.stderr.splitlines()) == 1
+    assert (
+        "outside the session's seqs (0-9)"
+        in run("show", capture.stem, "--around", "10", "--captures", str(captures)).stderr
+    )
+
+
+def test_show_one_message_in_full_and_as_rows(original: Path, captures: Path, tmp_path: Path) -> None:
+    one = run("show", original.stem, "--seq", "3", "--captures", str(captures))
+    assert one.exit_code == 0 and json.loads(one.stdout) == FAILED_DONE
+    rows = json.loads(run("show", original.stem, "--format", "json", "--captures", str(captures)).stdout)
+    assert [(r["seq"], r["type"], r["failure"]) for r in rows] == [
+        (0, "session.created", False),
+        (1, "response.create", False),
+        (2, "response.created", False),
+        (3, "response.done", True),
+        (None, "(closed)", False),
+    ]
+    result = run("show", original.stem, "--output", str(tmp_path / "t.csv"), "--captures", str(captures))
+    assert result.exit_code == 0 and (tmp_path / "t.csv").read_text().startswith("seq,last_seq,t_s,gap_s")

@@ -88,27 +88,55 @@ def sessions(
 @click.option(
     "--context",
     type=click.IntRange(min=0),
-    default=20,
-    show_default=True,
     metavar="N",
-    help="With --around: N each side.",
+    help="With --around: N messages each side (default 20).",
 )
+@click.option("--seq", "one", type=int, metavar="N", help="Print message N in full (its JSON), nothing else.")
+@output_options
 @captures_option
-def show(session: str, around: int | None, context: int, captures: Path) -> None:
+def show(
+    session: str,
+    around: int | None,
+    context: int | None,
+    one: int | None,
+    fmt: str | None,
+    output: Path | None,
+    captures: Path,
+) -> None:
     """Show a session as a timeline: seq, time, gap, direction, type, size, summary.
 
     Runs of deltas are collapsed into one line; failures are marked (and red on a
-    terminal).
+    terminal); the last line says how the session ended (closed, dropped, a failed
+    handshake). SESSION may also be a capture file from anywhere, such as the one in a
+    report bundle. With --format or --output, the same lines as rows.
 
     \b
     Example:
       rtcap show 20261125T2341 --around 118 --context 10
+      rtcap show 20261125T2341 --seq 121
     """
-    from analyzer.explore import render_timeline, session_events
-
+    from analyzer.explore import message_json, render_timeline, session_timeline
+    if context is not None and around is None:
+        raise BadUsage("--context goes with --around")
+    if one is not None:
+        if around is not None:
+            raise BadUsage("--seq shows one message; --around shows those around one: use either")
+        try:
+            click.echo(message_json(load(captures, session), one))
+        except ValueError as e:
+            raise BadUsage(str(e)) from None
+        return
     capture = load(captures, session, max_messages=1)
-    events = library(session_events, open_for_session(captures, capture), capture.session_id, around, context)
-    render_timeline(events, sys.stdout, color=sys.stdout.isatty())
+    opened = open_for_session(captures, capture)
+    try:
+        lines = library(session_timeline, opened, capture.session_id, around, 20 if context is None else context)
+    except ValueError as e:
+        raise BadUsage(str(e)) from None
+    # show is for reading: the timeline unless rows were asked for with --format or --output.
+    if output is None and fmt in (None, "table"):
+        render_timeline(lines, sys.stdout, color=sys.stdout.isatty())
+    else:
+        emit(lines, fmt, output)
 
 
 @click.command()

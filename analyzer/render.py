@@ -121,17 +121,44 @@ def write(table: pa.Table, fmt: str, out: IO[str]) -> None:
         _rich_table(table, out)
 
 
+NARROWEST = 6
+"""A column that is not an id is not folded narrower than this; past that, columns are
+left out from the right (a terminal too narrow for them all)."""
+
+
 def _rich_table(table: pa.Table, out: IO[str]) -> None:
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
-    view = Table(show_edge=False, header_style="bold")
-    for name in table.column_names:
-        view.add_column(name, overflow="fold")
-    for row in rows(table):
-        view.add_row(*[_short(f"{v:.4g}" if isinstance(v, float) else _cell(v)) for v in row.values()])
     # On a terminal rich fits the table to it; in a file, lines are as long as they need.
-    Console(file=out, soft_wrap=False, width=None if out.isatty() else 1000).print(view)
+    console = Console(file=out, soft_wrap=False, width=None if out.isatty() else 1000)
+    cells = [[_short(f"{v:.4g}" if isinstance(v, float) else _cell(v)) for v in row.values()] for row in rows(table)]
+    names = table.column_names
+    shown = list(range(len(names)))
+
+    def build() -> Table:
+        view = Table(show_edge=False, header_style="bold")
+        for i in shown:
+            if names[i].endswith("_id"):
+                # Ids are copied and pasted whole: never wrapped; the other columns give way.
+                widest = max([len(names[i])] + [len(row[i]) for row in cells])
+                view.add_column(names[i], no_wrap=True, min_width=widest)
+            else:
+                view.add_column(names[i], overflow="fold", min_width=min(NARROWEST, len(names[i])))
+        for row in cells:
+            view.add_row(*[row[i] for i in shown])
+        return view
+
+    unbounded = console.options.update_width(1 << 20)  # measure what it needs, not what it may have
+    view = build()
+    while Measurement.get(console, unbounded, view).minimum > console.width and len(shown) > 1:
+        shown.pop(next(n for n in reversed(range(len(shown))) if names[shown[n]] != "session_id" or n == 0))
+        view = build()
+    console.print(view)
+    if len(shown) < len(names):
+        left = [name for i, name in enumerate(names) if i not in shown]
+        console.print(f"({len(left)} columns left out to fit the terminal: {', '.join(left)}; try --format csv)")
     if table.num_rows == 0:
         out.write("(no rows)\n")
 

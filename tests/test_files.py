@@ -3,7 +3,9 @@ symlink; and the small promises of the exploring commands' output."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -129,3 +131,26 @@ def test_findings_reach_stderr_when_stdout_is_piped(session: Path, captures: Pat
     assert "failure" in summary
     as_json = run("precursors", "--captures", str(captures), "--format", "json", "--failure", "any")
     assert json.loads(as_json.stdout)["summary"] == summary
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_sessions_on_an_80_column_terminal_never_wrap_an_id(make_capture, captures: Path, monkeypatch) -> None:
+    from analyzer.explore import list_sessions
+    from analyzer.render import write
+    from analyzer.views import open_captures
+
+    ids = [
+        make_capture([(0, RECEIVED, {"type": "session.created", "session": {"id": f"sess_{n}"}})]).stem
+        for n in range(3)
+    ]
+    monkeypatch.setenv("COLUMNS", "80")
+    out = Terminal()
+    write(list_sessions(open_captures(captures), labels={}), "table", out)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())  # a terminal gets bold headers
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for session_id in ids:
+        assert session_id in text  # whole, on one line

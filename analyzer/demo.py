@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import random
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,13 +142,29 @@ def run(
             say(f"\n7. Wrote a support bundle for the vendor: {bundle}")
     finally:
         simulator.stop()
+    rtcap = program()
     say("\nExplore the same captures:")
-    say(f"  rtcap sessions --captures {root} --failed")
+    say(f"  {rtcap} sessions --captures {root} --failed")
     if planted:
-        say(f"  rtcap show {planted} --captures {root}")
-    say(f'  rtcap query "SELECT class, error_type, count(*) FROM failures GROUP BY ALL" --captures {root}')
-    say(f"  rtcap precursors --captures {root} --format json")
+        say(f"  {rtcap} show {planted} --captures {root}")
+    say(f'  {rtcap} query "SELECT class, error_type, count(*) FROM failures GROUP BY ALL" --captures {root}')
+    say(f"  {rtcap} precursors --captures {root} --format json")
+    if rtcap != "rtcap":
+        say(f"  ({rtcap} is not on PATH as rtcap: `source {Path(rtcap).parent}/activate` makes it so)")
     return found
+
+
+def program(argv0: str | None = None) -> str:
+    """How to type this rtcap in the commands the demo suggests: ``rtcap`` when that is
+    what PATH finds, else the path it was started by (``.venv/bin/rtcap`` after
+    ``make demo``)."""
+    started = Path(argv0 if argv0 is not None else sys.argv[0])
+    if started.name != "rtcap":  # started some other way (python -m analyzer, a test)
+        return "rtcap"
+    found = shutil.which("rtcap")
+    if found is not None and Path(found).resolve() == started.resolve():
+        return "rtcap"
+    return os.path.relpath(started)
 
 
 def _table(features: list[dict[str, Any]]) -> str:

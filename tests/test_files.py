@@ -154,3 +154,19 @@ def test_sessions_on_an_80_column_terminal_never_wrap_an_id(make_capture, captur
     assert max(len(line) for line in text.splitlines()) <= 80
     for session_id in ids:
         assert session_id in text  # whole, on one line
+
+
+def test_the_demo_suggests_commands_that_run(tmp_path: Path, monkeypatch) -> None:
+    from analyzer.demo import program
+
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    script = venv_bin / "rtcap"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # not activated: rtcap is not on PATH
+    assert program(str(script)) == ".venv/bin/rtcap"
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # activated
+    assert program(str(script)) == "rtcap"
+    assert program("/usr/lib/python3/pytest") == "rtcap"

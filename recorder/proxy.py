@@ -51,13 +51,20 @@ DEFAULT_PORT = DEFAULT_PORTS["proxy"]
 
 
 def upstream_url(upstream: str, path: str) -> str:
-    """The app's request path appended to the upstream's path, queries merged (the app's win)."""
+    """The app's request path appended to the upstream's path, queries merged (the app's win).
+
+    An app path that already begins with the upstream's path is used as it is: an SDK
+    pointed at ``ws://proxy/v1`` asks for ``/v1/realtime``, and an upstream of
+    ``wss://api.openai.com/v1`` must not make that ``/v1/v1/realtime``."""
     base = urlsplit(upstream)
     app_path, _, app_query = path.partition("?")
+    base_path = base.path.rstrip("/")
     if app_path in ("", "/"):
         joined = base.path or "/"
+    elif base_path and (app_path == base_path or app_path.startswith(base_path + "/")):
+        joined = app_path
     else:
-        joined = base.path.rstrip("/") + app_path
+        joined = base_path + app_path
     app_items = [item for item in app_query.split("&") if item]
     app_names = {unquote_plus(item.partition("=")[0]) for item in app_items}
     kept = [item for item in base.query.split("&") if item and unquote_plus(item.partition("=")[0]) not in app_names]

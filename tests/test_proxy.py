@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from openai import AsyncOpenAI
+from openai import AsyncAzureOpenAI, AsyncOpenAI
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -25,6 +26,7 @@ from recorder.proxy import upstream_url
 from tests.conftest import REALTIME
 
 CANARY = "sk-canary-5f2b9c1e7a4d"
+README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
 def export(captures: Path, session: str) -> list[dict]:
@@ -278,6 +280,12 @@ def test_an_unwritable_capture_directory_never_stops_the_relay(simulator, start_
 def test_upstream_url_joins_paths_and_merges_queries() -> None:
     assert upstream_url("wss://api.openai.com/v1", "/realtime?model=m") == "wss://api.openai.com/v1/realtime?model=m"
     assert upstream_url("wss://h/v1/", "/v1x") == "wss://h/v1/v1x"
+    # An app path that already begins with the upstream's path is not doubled.
+    assert upstream_url("wss://api.openai.com/v1", "/v1/realtime?model=m") == "wss://api.openai.com/v1/realtime?model=m"
+    assert upstream_url("wss://h/openai/v1/", "/openai/v1/realtime") == "wss://h/openai/v1/realtime"
+    assert upstream_url("wss://h/openai", "/openai/realtime?api-version=1") == "wss://h/openai/realtime?api-version=1"
+    assert upstream_url("wss://h/openai", "/openai") == "wss://h/openai"
+    assert upstream_url("wss://h/openai", "/openaix/realtime") == "wss://h/openai/openaix/realtime"
     assert (
         upstream_url("wss://h/openai/realtime?api-version=1&deployment=d", "/")
         == "wss://h/openai/realtime?api-version=1&deployment=d"
@@ -358,3 +366,94 @@ def test_stopping_the_proxy_ends_open_sessions_cleanly(simulator, start_proxy, c
     assert session.done.wait(10) and session.close_code == 1001
     got = read_capture(only_capture(captures))
     assert got.state == "closed" and (got.end["closed_by"], got.end["code"]) == ("rtcap", 1001)
+
+
+# -- every pairing README documents, against a server that routes only the real paths ----------
+
+MODEL, DEPLOYMENT, API_VERSION = "gpt-realtime", "DEPLOYMENT", "2025-04-01-preview"
+
+
+async def openai_sdk(base_url: str) -> None:
+    client = AsyncOpenAI(api_key=CANARY, websocket_base_url=base_url)
+    async with client.realtime.connect(model=MODEL) as conn:
+        await conn.recv()
+
+
+async def azure_ga_sdk(base_url: str) -> None:
+    client = AsyncOpenAI(
+        api_key=CANARY, base_url="https://RESOURCE.openai.azure.com/openai/v1", websocket_base_url=base_url
+    )
+    async with client.realtime.connect(model=DEPLOYMENT) as conn:
+        await conn.recv()
+
+
+async def azure_preview_sdk(base_url: str) -> None:
+    client = AsyncAzureOpenAI(
+        api_key=CANARY,
+        azure_endpoint="https://RESOURCE.openai.azure.com",
+        api_version=API_VERSION,
+        websocket_base_url=base_url,
+    )
+    async with client.realtime.connect(model=DEPLOYMENT) as conn:
+        await conn.recv()
+
+
+# (README's --upstream, what the app is pointed at as README writes it, how it connects, the
+# path the real server must get). README's hosts stand for the simulator and the proxy.
+PAIRINGS = [
+    (
+        "wss://api.openai.com/v1",
+        'websocket_base_url="ws://127.0.0.1:8765/v1"',
+        openai_sdk,
+        f"/v1/realtime?model={MODEL}",
+    ),
+    ("wss://api.openai.com/v1", f"ws://127.0.0.1:8765/v1/realtime?model={MODEL}", None, f"/v1/realtime?model={MODEL}"),
+    (
+        "wss://RESOURCE.openai.azure.com/openai/v1",
+        'websocket_base_url="ws://127.0.0.1:8765/openai/v1"',
+        azure_ga_sdk,
+        f"/openai/v1/realtime?model={DEPLOYMENT}",
+    ),
+    (
+        "wss://RESOURCE.openai.azure.com/openai/v1",
+        f"ws://127.0.0.1:8765/realtime?model={DEPLOYMENT}",
+        None,
+        f"/openai/v1/realtime?model={DEPLOYMENT}",
+    ),
+    (
+        "wss://RESOURCE.openai.azure.com/openai",
+        'websocket_base_url="ws://127.0.0.1:8765/openai"',
+        azure_preview_sdk,
+        f"/openai/realtime?api-version={API_VERSION}&deployment={DEPLOYMENT}",
+    ),
+    (
+        "wss://RESOURCE.openai.azure.com/openai",
+        f"ws://127.0.0.1:8765/realtime?api-version={API_VERSION}&deployment={DEPLOYMENT}",
+        None,
+        f"/openai/realtime?api-version={API_VERSION}&deployment={DEPLOYMENT}",
+    ),
+]
+
+
+@pytest.mark.parametrize(("upstream", "app", "sdk", "path"), PAIRINGS)
+def test_every_readme_pairing_reaches_the_real_path(simulator, start_proxy, captures, upstream, app, sdk, path) -> None:
+    assert re.search(re.escape(f"--upstream {upstream}") + r"(?![\w/])", README) and app in README
+    upstream_host = upstream.split("/")[2]
+    proxy = start_proxy(upstream.replace(f"wss://{upstream_host}", simulator.url))
+    if sdk is not None:
+        base_url = app.split('"')[1].replace("ws://127.0.0.1:8765", proxy.url)
+        asyncio.run(sdk(base_url))
+    else:
+        with connect(app.replace("ws://127.0.0.1:8765", proxy.url)) as ws:
+            assert json.loads(ws.recv())["type"] == "session.created"
+    [session] = simulator.sessions
+    assert session.done.wait(10)
+    assert session.path == path
+    assert read_capture(only_capture(captures)).header["url"] == simulator.url + path
+
+
+def test_a_path_the_real_server_does_not_know_is_its_404(simulator, start_proxy) -> None:
+    proxy = start_proxy(simulator.url + "/v1")
+    with pytest.raises(InvalidStatus) as caught:
+        connect(proxy.url + "/v2/realtime?model=m")
+    assert caught.value.response.status_code == 404

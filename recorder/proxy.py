@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,9 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from .capture import RECEIVED, SENT
 from .listen import DEFAULT_PORTS
@@ -165,8 +166,10 @@ class RecordingProxy:
             response.headers["Connection"] = "close"
             response.body = rejected.body
             return response
-        except (TimeoutError, OSError, InvalidHandshake) as e:
-            error = f"upstream unreachable: {type(e).__name__}: {e}"
+        except (TimeoutError, OSError, InvalidHandshake, InvalidURI, ValueError) as e:
+            # The error may quote the upstream URL (InvalidURI does), credentials and all.
+            error = self.redactor.redact_mentions(f"upstream unreachable: {type(e).__name__}: {e}", url)
+            error = recorder.scrubber.scrub_text(error)[0]
             recorder.start(now_ns(), status=None, subprotocols=offered)
             recorder.end(now_ns(), closed_by="rtcap", error=error)
             self.log(f"session {recorder.session_id} failed: {error}")
@@ -175,7 +178,7 @@ class RecordingProxy:
         return None
 
     @staticmethod
-    def _select_subprotocol(connection: ServerConnection, offered: Any) -> str | None:
+    def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
         leg: _Leg = connection.rtcap_leg  # type: ignore[attr-defined]
         return leg.upstream.subprotocol
 
@@ -195,7 +198,8 @@ class RecordingProxy:
         recorder.start(
             now_ns(), response_headers=upstream_response, subprotocol=upstream.subprotocol, subprotocols=leg.offered
         )
-        self.log(f"session {recorder.session_id} opened: {client.request.path if client.request else ''}")
+        path = client.request.path if client.request else ""
+        self.log(f"session {recorder.session_id} opened: {self.redactor.redact_mentions(path, path)}")
         sides = {id(client): "client", id(upstream): "server"}
         # Each pump is keyed by its source: once a leg closes, the pump reading it drains
         # what that leg had already delivered before the close is mirrored to the other.
@@ -218,7 +222,7 @@ class RecordingProxy:
             if upstream.state.name != "CLOSED" and closed_by == "rtcap":
                 upstream.transport.abort()
             recorder.end(now_ns(), closed_by=closed_by, code=code, reason=reason)
-            said = f"{code}: {reason}" if reason else f"{code}"
+            said = f"{code}: {recorder.scrubber.scrub_text(reason)[0]}" if reason else f"{code}"
             self.log(f"session {recorder.session_id} closed by {closed_by} ({said}), {recorder.seq} messages")
 
 
@@ -243,7 +247,7 @@ async def _mirror_close(connection: Any, code: int, reason: str) -> None:
         connection.transport.abort()
         return
     with contextlib.suppress(ConnectionClosed):
-        await connection.close(None if code == 1005 else code, reason)  # type: ignore[arg-type]
+        await connection.close(None if code == 1005 else code, reason)
 
 
 def _forwardable(headers: Headers) -> Headers:

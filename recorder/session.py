@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import binascii
 import datetime as dt
-import json
 import os
 import re
 import secrets
@@ -35,12 +34,12 @@ from .capture import (
 from .capture import (
     RECEIVED as RECEIVED,
 )
-from .redact import Redactor, Scrubber, redact_tools
+from .redact import Redactor, Scrubber, may_hold_tools, redact_tools
 
 try:
     from pybase64 import b64decode, b64encode
 except ImportError:  # the shim can land in an interpreter without it: slower, same result
-    from base64 import b64decode, b64encode
+    from base64 import b64decode, b64encode  # type: ignore[assignment]
 
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 
@@ -266,7 +265,7 @@ class SessionRecorder:
         # that may hold tools, items or the session's audio format is parsed whole.
         key = _APPEND_KEY if kind == _APPEND else _DELTA_KEY if events.is_audio_delta(kind.decode()) else None
         if key is None:
-            if kind.startswith(b"session.") or b'"tools"' in data or b'"item"' in data:
+            if kind.startswith(b"session.") or b'"item"' in data or may_hold_tools(data):
                 return self._parsed(direction, data)
             return self._cut(direction, data, [], redacted=False)
         found = key.search(data, head.end())
@@ -277,7 +276,7 @@ class SessionRecorder:
         if end <= start:
             return self._parsed(direction, data)
         before, after = data[:start], data[end:]
-        if b'"tools"' in before or b'"item"' in before or b'"tools"' in after or b'"item"' in after:
+        if b'"item"' in before or b'"item"' in after or may_hold_tools(before) or may_hold_tools(after):
             return self._parsed(direction, data)
         raw = _decode_exact(data[start:end])
         payload = before + after
@@ -288,13 +287,12 @@ class SessionRecorder:
         return payload, [[start, len(raw), self._silence(direction)]], AUDIO_DROPPED
 
     def _parsed(self, direction: int, data: bytes) -> tuple[bytes, list[list[Any]] | None, int]:
+        redacted = False
+        if may_hold_tools(data):
+            data, redacted = redact_tools(data, self.scrubber, self.redactor)
         obj = events.parse(data)
         if obj is None:
-            return self._cut(direction, data, [], redacted=False)
-        redacted = False
-        if b'"tools"' in data and redact_tools(obj, self.scrubber):
-            data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-            redacted = True
+            return self._cut(direction, data, [], redacted=redacted)
         self._track_format(direction, obj)
         spans = []
         start = 0

@@ -124,6 +124,14 @@ class _Connection:
             return
         recorder.message(direction, payload, monotonic_ns(), text=opcode == _OP_TEXT)
 
+    def shown(self, text: str) -> str:
+        """``text`` fit to print: this connection's URL in it redacted, known secrets out."""
+        try:
+            text = self.config.redactor.redact_mentions(text, self.url)
+            return self.recorder.scrubber.scrub_text(text)[0] if self.recorder is not None else text
+        except Exception:  # noqa: BLE001
+            return "(a message rtcap could not redact)"
+
     def end(
         self, closed_by: str | None, code: int | None = None, reason: str | None = None, error: str | None = None
     ) -> None:
@@ -154,7 +162,7 @@ def _guard(protocol: Any, session: _Connection, action: Any, *args: Any) -> None
     except Exception as e:  # the app must never see the shim's own failure
         protocol.__dict__.pop("_rtcap", None)
         session.ended = True
-        warn(f"recording stopped for a connection to {session.url}: {type(e).__name__}: {e}")
+        warn(session.shown(f"recording stopped for a connection to {session.url}: {type(e).__name__}: {e}"))
 
 
 def _url(uri: Any, path: str) -> str:

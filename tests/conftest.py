@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.server import serve
 
 from analyzer.sim.simulator import RunningSimulator, Simulator
 from recorder.proxy import RecordingProxy, run_proxy
 from recorder.redact import Redactor
-from recorder.serving import ServerThread
+from recorder.serving import ServerThread, serve_until_stopped
 from recorder.session import SessionRecorder, capture_path
 
 PROXY_VARS = (
@@ -140,3 +141,34 @@ class CaptureMaker:
 def make_capture(captures: Path) -> CaptureMaker:
     """Write captures under the test's capture root (see :class:`CaptureMaker`)."""
     return CaptureMaker(captures)
+
+
+class EchoServer(ServerThread):
+    """A loopback server that takes any path and any payload: it sends what ``greet``
+    makes of the request, then echoes every message back."""
+
+    def __init__(self, greet: Any = None) -> None:
+        self.requests: list[Any] = []
+
+        async def echo(ws: Any) -> None:
+            self.requests.append(ws.request)
+            for message in greet(ws.request) if greet else []:
+                await ws.send(message)
+            async for message in ws:
+                await ws.send(message)
+
+        super().__init__(
+            lambda ready, stop: serve_until_stopped(
+                serve(echo, "127.0.0.1", 0, max_size=None, compression=None),
+                lambda url: f"echo: {url}",
+                ready=ready,
+                stop=stop,
+            )
+        )
+
+    def __enter__(self) -> EchoServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

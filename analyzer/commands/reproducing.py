@@ -86,13 +86,13 @@ def replay(
     Example:
       rtcap replay 20261126T0016015 --to ws://127.0.0.1:8766 --repeat 5 --pace asap
     """
-    from analyzer.reproduce.replay import run
+    from analyzer.reproduce.replay import run, shown_url
 
     for header in headers:
         if ":" not in header:
             raise BadUsage(f"bad --header {header!r}: expected NAME:VALUE")
     if to is not None and not to.startswith(("ws://", "wss://")):
-        raise BadUsage(f"--to must be a ws:// or wss:// URL, not {to!r}")
+        raise BadUsage(f"--to must be a ws:// or wss:// URL, not {shown_url(to)!r}")
     capture = load(captures, session)
     try:
         document = run(
@@ -107,7 +107,7 @@ def replay(
             failure=failure,
         )
     except (OSError, TimeoutError) as e:
-        raise Failure(f"cannot replay to {to or capture.header.get('url')}: {e}") from None
+        raise Failure(f"cannot replay to {shown_url(to or capture.header.get('url') or '')}: {e}") from None
     except Exception as e:  # websockets' handshake errors: the server said no
         if type(e).__module__.startswith("websockets"):
             raise Failure(f"cannot replay: {e}") from None

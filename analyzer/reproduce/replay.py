@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from recorder import events
 from recorder.capture import RECEIVED, SENT, Capture
 from recorder.proxy import HOP_HEADERS as PROXY_HOP_HEADERS
-from recorder.redact import REDACTED, SECRET_SUBPROTOCOL_PREFIXES
+from recorder.redact import REDACTED, SECRET_SUBPROTOCOL_PREFIXES, Redactor
 from recorder.session import SessionRecorder, now_ns, who_closed
 
 from .pacing import Done, IdMap, Pacer, Wait, count_responses, idle, plan, recorded_events
@@ -41,6 +41,15 @@ def target_url(capture: Capture, to: str | None) -> str:
     query = "&".join(item for item in recorded.query.split("&") if item and REDACTED not in item)
     netloc = recorded.netloc.split("@")[-1]
     return urlunsplit((recorded.scheme, netloc, recorded.path, query, ""))
+
+
+def shown_url(url: str) -> str:
+    """A URL fit to print: secrets redacted, as a capture would hold it (one that cannot
+    be parsed is not shown at all)."""
+    try:
+        return Redactor().redact_url(url)[0]
+    except ValueError:
+        return "(a URL that cannot be parsed)"
 
 
 def connection_headers(
@@ -197,8 +206,17 @@ def run(
     failure: str = events.DEFAULT_FAILURE,
     map_ids: bool = True,
 ) -> dict[str, Any]:
-    """Replay ``capture`` ``repeat`` times; the result document SPEC describes."""
+    """Replay ``capture`` ``repeat`` times; the result document SPEC describes. The URL
+    it shows, in the document and in errors, is redacted: ``--to`` may carry a key."""
+    from websockets.exceptions import InvalidURI
+    from websockets.uri import parse_uri
+
     url = target_url(capture, to)
+    shown = shown_url(url)
+    try:
+        parse_uri(url)
+    except InvalidURI as e:  # its message quotes the URL, credentials and all
+        raise InvalidURI(shown, e.msg) from None
     headers, protocols = connection_headers(capture, url, extra_headers)
     recorded = recorded_events(capture)
     # The end counts: a connection dropped during a response is a failure, as in the
@@ -244,7 +262,7 @@ def run(
         "reproduced": reproduced,
         "of": repeat,
         "target": failure_entry(target) if target else None,
-        "url": url,
+        "url": shown,
         "pace": pace,
         "summary": verdict(reproduced, repeat, target is not None, failure),
     }

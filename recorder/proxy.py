@@ -27,7 +27,7 @@ from .capture import RECEIVED, SENT
 from .listen import DEFAULT_PORTS
 from .redact import Redactor
 from .serving import serve_until_stopped
-from .session import SessionRecorder, now_ns, who_closed
+from .session import SessionRecorder, now_ns, warn, who_closed
 
 # Headers that belong to one hop of the connection, regenerated on each leg.
 HOP_HEADERS = frozenset(
@@ -231,7 +231,12 @@ async def _pump(src: Any, dst: Any, direction: int, recorder: SessionRecorder) -
     ended the relay: ``src`` when it closed, ``dst`` when it could no longer be written."""
     try:
         async for message in src:
-            recorder.message(direction, message, now_ns())
+            try:
+                recorder.message(direction, message, now_ns())
+            except Exception as e:  # noqa: BLE001
+                # SessionRecorder keeps any payload; should it fail all the same, the
+                # relay goes on and the recording has a gap, said once.
+                warn(f"session {recorder.session_id}: a message could not be recorded ({type(e).__name__})")
             try:
                 await dst.send(message)
             except ConnectionClosed:

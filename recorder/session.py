@@ -34,6 +34,7 @@ from .capture import (
 from .capture import (
     RECEIVED as RECEIVED,
 )
+from .redact import REDACTED as REDACTED_TEXT
 from .redact import Redactor, Scrubber, may_hold_tools, redact_tools
 
 try:
@@ -206,12 +207,18 @@ class SessionRecorder:
         seq = self.seq
         self.seq += 1
         t_ns = now_ns - (self.t0_ns if self.t0_ns is not None else now_ns)
-        if isinstance(data, str) or text:
-            payload, splices, flags = self._text(direction, data.encode() if isinstance(data, str) else data)
-            opcode = TEXT
-        else:
-            payload, redacted = self.scrubber.scrub_bytes(data)
-            splices, flags, opcode = None, REDACTED if redacted else 0, BINARY
+        opcode = TEXT if isinstance(data, str) or text else BINARY
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+        try:
+            if opcode == TEXT:
+                payload, splices, flags = self._text(direction, raw)
+            else:
+                payload, redacted = self.scrubber.scrub_bytes(raw)
+                splices, flags = None, REDACTED if redacted else 0
+        except Exception:  # noqa: BLE001
+            # Analysis may give up on a message (an escape that cannot be encoded, say);
+            # the relay never does. The message is kept as it came, less its secrets.
+            payload, splices, flags = self._unparsed(raw)
         self._write(message_record(seq, t_ns, direction, opcode, payload, splices, flags))
         return seq
 
@@ -297,11 +304,24 @@ class SessionRecorder:
         spans = []
         start = 0
         for value in events.audio_strings(obj):
+            if not value.isascii():  # not base64, and maybe not even encodable
+                continue
             offset = _find_string(data, value.encode(), start)
             if offset >= 0:
                 start = offset + len(value)
                 spans.append((offset, start))
         return self._cut(direction, data, spans, redacted=redacted)
+
+    def _unparsed(self, data: bytes) -> tuple[bytes, None, int]:
+        """A message recorded without parsing it: tool credentials and known secrets out,
+        audio left in. Should even that fail, the message is recorded as ``[REDACTED]``:
+        a secret must never reach a capture."""
+        try:
+            data, tools = redact_tools(data, self.scrubber, self.redactor)
+            data, found = self.scrubber.scrub_bytes(data)
+        except Exception:  # noqa: BLE001
+            return REDACTED_TEXT.encode(), None, REDACTED
+        return data, None, REDACTED if tools or found else 0
 
     def _cut(
         self, direction: int, data: bytes, spans: list[tuple[int, int]], *, redacted: bool

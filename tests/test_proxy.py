@@ -23,7 +23,7 @@ from analyzer.cli import cli
 from analyzer.locate import capture_files
 from recorder.capture import read_capture
 from recorder.proxy import upstream_url
-from tests.conftest import REALTIME
+from tests.conftest import REALTIME, EchoServer
 
 CANARY = "sk-canary-5f2b9c1e7a4d"
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -457,3 +457,37 @@ def test_a_path_the_real_server_does_not_know_is_its_404(simulator, start_proxy)
     with pytest.raises(InvalidStatus) as caught:
         connect(proxy.url + "/v2/realtime?model=m")
     assert caught.value.response.status_code == 404
+
+
+# -- transparency: the relay forwards what the other side accepts ------------------------------
+
+PAYLOADS = {
+    "nested 5,000 deep": '{"type":"conversation.item.create","deep":' + "[" * 5000 + "]" * 5000 + "}",
+    "an object nested 5,000 deep": '{"type":"x","a":' + '{"a":' * 5000 + "1" + "}" * 5000 + "}",
+    "a lone surrogate as audio": '{"audio":"\\ud800","type":"input_audio_buffer.append"}',
+    "a lone surrogate in an item": (
+        '{"type":"conversation.item.create","item":{"content":[{"type":"input_audio","audio":"\\udfff"}]}}'
+    ),
+    "not json": "{" * 100,
+}
+
+
+@pytest.mark.parametrize("payload", list(PAYLOADS))
+def test_any_payload_is_relayed_both_ways_and_recorded_as_it_came(start_proxy, captures, payload) -> None:
+    text = PAYLOADS[payload]
+    with EchoServer() as echo:
+        proxy = start_proxy(echo.url)
+        with connect(proxy.url + REALTIME, max_size=None) as ws:
+            ws.send(text)
+            assert ws.recv() == text  # the server got it, and its copy came back
+            ws.send('{"type":"after"}')
+            assert ws.recv() == '{"type":"after"}'
+    wait_for(lambda: read_capture(only_capture(captures)).state == "closed")
+    got = read_capture(only_capture(captures))
+    assert got.end["closed_by"] == "client" and got.end["code"] == 1000
+    assert [(m.direction, m.data().decode()) for m in got.messages] == [
+        ("sent", text),
+        ("received", text),
+        ("sent", '{"type":"after"}'),
+        ("received", '{"type":"after"}'),
+    ]

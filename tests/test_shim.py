@@ -17,7 +17,7 @@ from websockets.protocol import Protocol
 import recorder
 from analyzer.locate import capture_files
 from recorder.capture import read_capture
-from tests.conftest import REALTIME
+from tests.conftest import REALTIME, EchoServer
 
 ROOT = Path(__file__).parent.parent
 APPS = Path(__file__).parent / "apps"
@@ -255,3 +255,22 @@ def test_uninstall_ends_sessions_still_open(simulator, captures) -> None:
     capture = read_capture(capture_files(captures)[0])
     assert capture.state == "closed" and len(capture.messages) == 1
     assert capture.end["error"] == "recording stopped (recorder.uninstall)"
+
+
+def test_any_payload_is_recorded_and_the_recording_goes_on(captures, capsys) -> None:
+    from tests.test_proxy import PAYLOADS
+
+    texts = list(PAYLOADS.values())
+
+    async def talk(url: str) -> None:
+        async with connect(url, max_size=None) as ws:
+            for text in [*texts, '{"type":"after"}']:
+                await ws.send(text)
+                assert await ws.recv() == text
+
+    with EchoServer() as echo, recorder.recording(captures=captures):
+        asyncio.run(talk(echo.url + REALTIME))
+    capture = read_capture(capture_files(captures)[0])
+    assert capture.state == "closed" and capture.end["code"] == 1000
+    assert [m.data().decode() for m in capture.messages] == [t for t in [*texts, '{"type":"after"}'] for _ in "sr"]
+    assert "rtcap: warning" not in capsys.readouterr().err

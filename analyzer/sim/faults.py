@@ -32,7 +32,9 @@ Triggers, all of which must hold (a rule with none fires on every response):
   led to this response): ``sent=TYPE``; ``field=TYPE:PATH=VALUE`` (a JSON field of a client
   event, dotted path); ``audio_ms>N`` (an audio append longer than N ms); ``rate>N`` (more
   than N client events within one second); and on the session: ``age>S`` (seconds since it
-  opened), ``tokens>N`` (the response's input tokens).
+  opened), ``tokens>N`` (the response's input tokens), ``turn>N`` (the response comes after
+  the Nth), ``failed>N`` (more than N of the session's earlier responses failed: a server
+  that keeps failing once it has failed).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from typing import Any
 from recorder.events import busiest_second
 
 EFFECTS = ("fail", "error", "drop", "close", "stall", "ratelimit")
-_NUMERIC = re.compile(r"^(audio_ms|rate|age|tokens)>(\d+(?:\.\d+)?)$")
+_NUMERIC = re.compile(r"^(audio_ms|rate|age|tokens|turn|failed)>(\d+(?:\.\d+)?)$")
 
 
 class RuleError(ValueError):
@@ -71,6 +73,8 @@ class Context:
     age: float
     input_tokens: int
     window: Sequence[ClientEvent]
+    failed: int = 0
+    """How many of the session's earlier responses failed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +104,10 @@ class Rule:
             if name == "age" and not context.age > limit:
                 return False
             if name == "tokens" and not context.input_tokens > limit:
+                return False
+            if name == "turn" and not context.nth > limit:
+                return False
+            if name == "failed" and not context.failed > limit:
                 return False
             if name == "audio_ms" and not any(e.audio_ms > limit for e in context.window):
                 return False

@@ -67,6 +67,8 @@ class Responder:
         self.voice = Voice()
         self.active: Response | None = None
         self.count = 0
+        self.failed = 0
+        """How many of this session's responses failed (what ``failed>N`` looks at)."""
         self.window: list[ClientEvent] = []
         """The client events since the previous response began: what fault rules look at."""
 
@@ -115,7 +117,9 @@ class Responder:
         first fault rule that fires for it is the one that will strike it."""
         self.count += 1
         tokens = self.input_tokens(options.get("instructions", ""))
-        context = Context(nth=self.count, age=now - self.opened, input_tokens=tokens, window=tuple(self.window))
+        context = Context(
+            nth=self.count, age=now - self.opened, input_tokens=tokens, window=tuple(self.window), failed=self.failed
+        )
         self.window = []
         fault = next((rule for rule in self.faults if rule.fires(context, self.rng)), None)
         response = Response(self.emit.id("resp"), options, self.count, fault, tokens)
@@ -362,6 +366,8 @@ class Responder:
         response.done = True
         if self.active is response:
             self.active = None
+        if status == "failed":
+            self.failed += 1
         out_tokens = len(text) // 4 + audio_ms * 20 // 1000
         usage = {
             "total_tokens": response.input_tokens + out_tokens,

@@ -63,8 +63,21 @@ def session_update(rng: random.Random) -> dict[str, Any]:
     }
 
 
-def turn_events(rng: random.Random) -> list[dict[str, Any]]:
-    """The client events of one voice turn, ending with its response.create."""
+DECOY = {"type": "output_audio_buffer.clear"}
+"""What a client with ``late`` set sends more often as a session goes on."""
+
+
+def turn_events(rng: random.Random, turn: int = 0, late: float = 0.0) -> list[dict[str, Any]]:
+    """The client events of one voice turn, ending with its response.create. With ``late``,
+    the turn also sends :data:`DECOY` with probability ``late * turn`` (capped at 1): a
+    habit that grows with the session and causes nothing by itself."""
+    out: list[dict[str, Any]] = []
+    if late and rng.random() < min(1.0, late * turn):
+        out.append(dict(DECOY))
+    return out + _voice_turn(rng)
+
+
+def _voice_turn(rng: random.Random) -> list[dict[str, Any]]:
     turn: list[dict[str, Any]] = []
     for _ in range(rng.randint(2, 4)):
         turn.append({"type": "input_audio_buffer.append", "audio": tone(rng.choice([100, 150, 200, 300]))})
@@ -84,13 +97,14 @@ def turn_events(rng: random.Random) -> list[dict[str, Any]]:
 Client = Generator[list[dict[str, Any]], dict[str, Any], None]
 
 
-def client(rng: random.Random) -> Client:
-    """The client's side of one seeded session, after ``session.created``. Each value it
-    yields is the events to send at once; the driver then waits for the next
+def client(rng: random.Random, turns: tuple[int, int] = (3, 6), late: float = 0.0) -> Client:
+    """The client's side of one seeded session, after ``session.created``: between
+    ``turns[0]`` and ``turns[1]`` voice turns (see :func:`turn_events` for ``late``). Each
+    value it yields is the events to send at once; the driver then waits for the next
     ``response.done`` and sends it in (the function call in it gets its output)."""
     batch = [{"type": "session.update", "session": session_update(rng)}]
-    for _ in range(rng.randint(3, 6)):
-        done = yield batch + turn_events(rng)
+    for turn in range(rng.randint(*turns)):
+        done = yield batch + turn_events(rng, turn, late)
         batch = []
         output = (done.get("response") or {}).get("output") or []
         if output and output[0].get("type") == "function_call":
@@ -175,12 +189,15 @@ def record_direct(
     seed: int = 0,
     labels: dict[str, str] | None = None,
     url: str = DIRECT_URL,
+    turns: tuple[int, int] = (3, 6),
+    late: float = 0.0,
 ) -> None:
     """Record ``sessions`` varied sessions into ``root`` as :func:`record` does, without
     a socket: each runs on a fake clock in simulated real time (a response takes its
     seconds on the clock, none on the wall), and is recorded as the proxy records (recorder
     ``proxy``). With the same seed and faults that do not look at time, the sessions say
-    what :func:`record` with ``parallel=1`` has them say."""
+    what :func:`record` with ``parallel=1`` has them say. ``turns`` and ``late`` shape the
+    client (see :func:`client`)."""
     simulator = Simulator(faults, seed=seed)
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -191,11 +208,10 @@ def record_direct(
         )
         connection = DirectConnection(session, recorder)
         connection.open()
-        _direct_session(connection, random.Random(f"{seed}/{n}"))
+        _direct_session(connection, client(random.Random(f"{seed}/{n}"), turns, late))
 
 
-def _direct_session(connection: DirectConnection, rng: random.Random) -> None:
-    script = client(rng)
+def _direct_session(connection: DirectConnection, script: Client) -> None:
     try:
         if connection.wait_for(lambda event: True) is None:  # session.created
             return

@@ -1,7 +1,20 @@
 """``rtcap doctor``: the realtime troubleshooting checklist, run on recorded sessions.
 
 Each check gives ``pass``, ``warn`` or ``fail`` per session, with evidence (values and seq
-numbers) and advice; thresholds are SPEC's.
+numbers) and advice; thresholds are SPEC's. Two checks need words defined:
+
+- A *retry* is a ``response.create`` that asks again for a response that failed: the first
+  one after the failure, with no new input (:func:`recorder.events.adds_input`: an item the
+  client added, audio the server committed) since the failed response began (or since the
+  failure, for one outside a response). A failure here is a failed ``response.done`` or an
+  ``error`` event, of a response or of the server's class; a client's mistake outside any
+  response (a bad ``session.update``) has nothing to retry. The check fails on a *tight*
+  retry, one within 1 s of the failure: no backoff. The user's next turn after a failure
+  (new audio, a new message) is not a retry, however soon it comes.
+- A *reconnect* is a session that opens within 5 s after one from the same app closed
+  abnormally. The same app: the same labels, the same host, URL path and model, and the
+  same ``User-Agent`` request header (or none in both). Sessions of two apps, labelled or
+  not, are never each other's reconnects.
 """
 
 from __future__ import annotations
@@ -9,11 +22,13 @@ from __future__ import annotations
 import base64
 import binascii
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from recorder import events
+from recorder.capture import CaptureError, read_capture
 
 from .views import Captures
 
@@ -81,7 +96,7 @@ def _checks(captures: Captures, session_id: str | None) -> list[dict[str, str]]:
     ]
     if not sessions:
         return []
-    server_types = [*events.SESSION_EVENTS, *_PAYLOAD_TYPES]
+    server_types = [*events.SESSION_EVENTS, *_PAYLOAD_TYPES, *events.INPUT_ADDED[events.RECEIVED]]
     rows = captures.sql(
         f"""
         SELECT session_id, seq, t_s, direction, type, bytes, audio_ms,
@@ -118,9 +133,15 @@ def _checks(captures: Captures, session_id: str | None) -> list[dict[str, str]]:
     }
     failures = defaultdict(list)
     for row in captures.sql(
-        f"SELECT session_id, seq, t_s FROM failures WHERE session_id IN ({chosen}) ORDER BY t_s", params
+        f"""
+        SELECT f.session_id, f.seq, f.t_s, r.created_seq
+        FROM failures f LEFT JOIN responses r USING (session_id, response_id)
+        WHERE f.session_id IN ({chosen}) AND f.source IN (?, ?) AND (f.response_id IS NOT NULL OR f."class" = ?)
+        ORDER BY f.t_s
+        """,
+        [*params, events.ERROR, events.RESPONSE_DONE, "server"],
     ).to_pylist():
-        failures[row["session_id"]].append((row["seq"], row["t_s"]))
+        failures[row["session_id"]].append((row["seq"], row["t_s"], row["created_seq"]))
     out: list[dict[str, str]] = []
     for sid, started, ended, expires, *_ in sessions:
         found = by_session[sid]
@@ -134,7 +155,7 @@ def _checks(captures: Captures, session_id: str | None) -> list[dict[str, str]]:
             _rate_limits(sid, found),
             _retries(sid, found, failures[sid]),
         ]
-    out += _reconnects(sessions)
+    out += _reconnects(captures, [s[0] for s in sessions])
     return out
 
 
@@ -285,36 +306,85 @@ def _rate_limits(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
     return _row(sid, "rate limits", status, f"lowest {name} remaining {remaining} ({share:.0%}) at seq {seq}")
 
 
-def _retries(sid: str, rows: list[tuple[Any, ...]], failures: list[tuple[Any, float]]) -> dict[str, str]:
-    creates = [(seq, t_s) for seq, t_s, _, _, kind, _, _, _ in rows if kind == "response.create"]
+def _retries(sid: str, rows: list[tuple[Any, ...]], failures: list[tuple[int, float, int | None]]) -> dict[str, str]:
+    """Tight retries (see the module's docstring): the first ``response.create`` after a
+    failure, with no new input since the failed response began, within 1 s of it."""
     tight = []
-    for failure_seq, failure_t in failures:
-        quick = [seq for seq, t_s in creates if failure_t < t_s <= failure_t + 1.0]
-        if quick:
-            tight.append((failure_seq, quick[0]))
+    for failure_seq, failure_t, created_seq in failures:
+        began = failure_seq if created_seq is None else created_seq
+        for seq, t_s, _, direction, kind, *_ in rows:
+            if seq <= began:
+                continue
+            if events.adds_input(direction, kind):
+                break  # the user said something new: what follows asks about that
+            if seq > failure_seq and direction == events.SENT and kind == events.RESPONSE_CREATE:
+                if t_s - failure_t <= 1.0:
+                    tight.append((failure_seq, seq, t_s - failure_t))
+                break
     if tight:
-        pairs = "; ".join(f"failure at seq {f} then response.create at seq {c}" for f, c in tight[:3])
+        pairs = "; ".join(
+            f"failure at seq {f} then response.create at seq {c} {gap:.2f} s later, nothing new said"
+            for f, c, gap in tight[:3]
+        )
         return _row(sid, "retries", "fail", f"tight retry loop without backoff: {pairs}")
-    return _row(sid, "retries", "pass", f"{len(failures)} failures, none retried within 1 s")
+    return _row(sid, "retries", "pass", f"{len(failures)} failed responses, none asked for again within 1 s")
 
 
-def _reconnects(sessions: list[tuple[Any, ...]]) -> list[dict[str, str]]:
-    """A new session from the same labels within 5 s of an abnormal close."""
+def _user_agent(path: Path) -> str | None:
+    """The ``User-Agent`` a capture's client sent, if it sent one."""
+    # The views keep no request headers, so the capture's own header is read: only for
+    # the few sessions that could be reconnects.
+    try:
+        headers = read_capture(path, max_messages=0).header.get("request_headers")
+    except CaptureError:
+        return None
+    for pair in headers if isinstance(headers, list) else []:
+        if isinstance(pair, list | tuple) and len(pair) == 2 and str(pair[0]).lower() == "user-agent":
+            return str(pair[1])
+    return None
+
+
+RECONNECT_S = 5.0
+"""How soon after an abnormal close a new session from the same app is a reconnect."""
+
+
+def _reconnects(captures: Captures, chosen: list[str]) -> list[dict[str, str]]:
+    """Reconnects (see the module's docstring) for the ``chosen`` sessions; the sessions
+    they follow may be any in the views."""
+    found = captures.sql(
+        "SELECT session_id, started_at, ended_at, labels, close_code, host, url, model, file "
+        "FROM sessions ORDER BY started_at"
+    ).to_pylist()
+    agents: dict[str, str | None] = {}
+
+    def user_agent(session: dict[str, Any]) -> str | None:
+        if session["session_id"] not in agents:
+            agents[session["session_id"]] = _user_agent(captures.index.root / session["file"])
+        return agents[session["session_id"]]
+
+    def app(session: dict[str, Any]) -> tuple[Any, ...]:
+        labels = sorted((str(k), str(v)) for k, v in session["labels"] or [])
+        return labels, session["host"], events.url_path(session["url"]), session["model"]
+
     out = []
-    ordered = sorted(sessions, key=lambda s: s[1] or 0)
-    for i, (sid, started, _, _, labels, _, _) in enumerate(ordered):
+    wanted = set(chosen)
+    for i, session in enumerate(found):
+        if session["session_id"] not in wanted:
+            continue
         quick = None
-        for prev_sid, _, prev_end, _, prev_labels, prev_code, _ in ordered[:i]:
-            abnormal = prev_code is not None and events.abnormal_close(prev_code)
-            if abnormal and prev_end is not None and started is not None and prev_labels == labels:
-                gap = (started - prev_end).total_seconds()
-                if 0 <= gap <= 5:
-                    quick = (prev_sid, prev_code, gap)
+        for previous in found[:i]:
+            code, ended, started = previous["close_code"], previous["ended_at"], session["started_at"]
+            if code is None or not events.abnormal_close(code) or ended is None or started is None:
+                continue
+            gap = (started - ended).total_seconds()
+            if 0 <= gap <= RECONNECT_S and app(previous) == app(session):
+                if user_agent(previous) == user_agent(session):
+                    quick = (previous["session_id"], code, gap)
         if quick:
-            prev_sid, code, gap = quick
-            out.append(
-                _row(sid, "reconnects", "warn", f"opened {gap:.1f} s after {prev_sid} closed abnormally ({code})")
-            )
+            previous_id, code, gap = quick
+            evidence = f"opened {gap:.1f} s after {previous_id}, from the same app, closed abnormally ({code})"
+            out.append(_row(session["session_id"], "reconnects", "warn", evidence))
         else:
-            out.append(_row(sid, "reconnects", "pass", "no reconnect right after an abnormal close"))
-    return out
+            out.append(_row(session["session_id"], "reconnects", "pass", "no reconnect right after an abnormal close"))
+    order = {sid: n for n, sid in enumerate(chosen)}
+    return sorted(out, key=lambda row: order[row["session_id"]])

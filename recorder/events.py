@@ -7,7 +7,8 @@ all ask this module, and none of them restates a rule it owns:
 - the session's audio format as it changes, and what a byte of audio is worth in time;
 - runs of deltas, which count as one step of a conversation;
 - the ids a server assigns (responses, items, calls) and the ids an event refers to;
-- what a failure is, its class, and what ``--failure KIND`` matches.
+- what a failure is, its class, and what ``--failure KIND`` matches;
+- what puts new input into the conversation, and the fields a client makes up afresh.
 
 Standard library only: the recording path imports it, and must stay lean.
 """
@@ -568,3 +569,31 @@ def busiest_second(times: Sequence[float]) -> int:
             start += 1
         best = max(best, end - start + 1)
     return best
+
+
+# ---------------------------------------------------------------------------
+# New input, and what a client makes up afresh
+
+RESPONSE_CREATE = "response.create"
+INPUT_ADDED = {SENT: ("conversation.item.create",), RECEIVED: ("input_audio_buffer.committed",)}
+"""What puts new input into the conversation: an item the client adds, audio the server commits."""
+
+
+def adds_input(direction: str, kind: str | None) -> bool:
+    """Whether an event is in :data:`INPUT_ADDED`. A ``response.create`` with no new input
+    since the previous response began asks for it again: after a failure, a retry."""
+    return kind in INPUT_ADDED.get(direction, ())
+
+
+CLIENT_CHOSEN_PATHS = (("event_id",), ("response", "metadata", "client_event_id"))
+"""Fields a client makes up afresh for each event (LiveKit Agents the second): not what it says."""
+
+
+def without_client_chosen(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a client event without the fields of :data:`CLIENT_CHOSEN_PATHS`."""
+    copy = json.loads(json.dumps(event))
+    for path in CLIENT_CHOSEN_PATHS:
+        parent = dig(copy, path[:-1])
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
+    return copy

@@ -296,3 +296,45 @@ def test_the_tables_hold_what_realtime_md_lists() -> None:
     assert set(events.ITEM_ADDED) == {"conversation.item.added", "conversation.item.created"}
     assert events.BYTES_PER_MS["pcm16"] == 48 and events.BYTES_PER_MS["audio/pcmu"] == 8
     assert json.loads(json.dumps(events.SERVER_ERROR_TYPES))[0] == "server_error"
+
+
+# -- new input, and what a client picks afresh (doctor's retries, serve's comparison) ---------
+
+
+@pytest.mark.parametrize(
+    ("direction", "kind", "adds"),
+    [
+        ("sent", "conversation.item.create", True),
+        ("received", "input_audio_buffer.committed", True),
+        ("sent", "input_audio_buffer.commit", False),  # the server's committed says it took
+        ("sent", "input_audio_buffer.append", False),
+        ("sent", "response.create", False),
+        ("received", "conversation.item.added", False),  # also the response's own items
+        ("received", "conversation.item.create", False),
+        ("sent", "input_audio_buffer.committed", False),
+        ("sent", None, False),
+    ],
+)
+def test_adds_input(direction, kind, adds) -> None:
+    assert events.adds_input(direction, kind) is adds
+
+
+@pytest.mark.parametrize(
+    ("event", "kept"),
+    [
+        ({"type": "response.create", "event_id": "evt_1"}, {"type": "response.create"}),
+        (
+            {"type": "response.create", "response": {"metadata": {"client_event_id": "x", "topic": "t"}}},
+            {"type": "response.create", "response": {"metadata": {"topic": "t"}}},
+        ),
+        ({"type": "response.create", "response": "odd"}, {"type": "response.create", "response": "odd"}),
+        (
+            {"type": "conversation.item.create", "item": {"id": "item_1", "event_id": "kept"}},
+            {"type": "conversation.item.create", "item": {"id": "item_1", "event_id": "kept"}},
+        ),
+    ],
+)
+def test_without_client_chosen(event, kept) -> None:
+    original = json.loads(json.dumps(event))
+    assert events.without_client_chosen(event) == kept
+    assert event == original

@@ -3,6 +3,7 @@ number a test passes; an answer is "send step k", "wait until t" or done."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -240,9 +241,31 @@ def test_serve_releases_each_server_message_by_client_count() -> None:
 
 
 def test_serve_with_a_timeout_names_the_client_message_it_waited_for() -> None:
-    pacer = Pacer([step(0), step(4, after=2)], start=0.0, timeout=5.0, absolute=True, peer="client")
+    steps = [step(0), step(4, after=2), step(5, after=2), step(7, after=3)]
+    steps = [dataclasses.replace(s, kind=k) for s, k in zip(steps, ["a", "response.created", "b", "c"], strict=True)]
+    kinds = ["session.update", "response.create", "response.cancel"]
+    pacer = Pacer(steps, start=0.0, timeout=5.0, absolute=True, peer="client", peer_kinds=kinds)
     sent(pacer.next(0.0))
     pacer.on_event(None, 1.0)
     assert pacer.waiting_for == 1 and pacer.next(1.0) == Wait(5.0)
     action = pacer.next(5.0)
-    assert sent(action) == 1 and action.note == "waited 5 s for client message 1 before seq 4"
+    assert sent(action) == 1
+    assert action.note == (
+        "waited 5 s for client message 1 (response.create) before server message 1 (response.created, seq 4)"
+    )
+    # Given up on client message 1, the next server message that waits for it goes at once:
+    # a missing message costs one timeout, not one per server message after it.
+    assert sent(pacer.next(5.0)) == 2 and len(pacer.notes) == 1
+    assert pacer.next(5.0) == Wait(10.0) and pacer.waiting_for == 1  # message 2 needs one more
+    pacer.on_event(None, 6.0)
+    assert pacer.next(6.0) == Wait(10.0)
+    pacer.on_event(None, 7.0)
+    assert sent(pacer.next(7.0)) == 3 and len(pacer.notes) == 1
+
+
+def test_serve_plan_names_each_server_message() -> None:
+    assert [s.kind for s in serve_plan(TRUNCATING)][:3] == [
+        "session.created",
+        "response.created",
+        "response.output_item.added",
+    ]

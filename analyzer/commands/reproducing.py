@@ -119,28 +119,49 @@ def replay(
 @click.argument("session")
 @listen_option("serve")
 @speed_option("Divide every recorded gap by F.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds a server message waits for the client messages before it ('inf': for ever).",
+)
+@click.option("--strict", is_flag=True, help="Close a client that leaves the recording (1008), saying where.")
 @click.option("--record", is_flag=True, help="Record the sessions it serves.")
 @captures_option
-def serve(session: str, listen: tuple[str, int], speed: float, record: bool, captures: Path) -> None:
+def serve(
+    session: str, listen: tuple[str, int], speed: float, timeout: float, strict: bool, record: bool, captures: Path
+) -> None:
     """Play a recorded server to clients, to debug client code offline.
 
     Each connecting client gets the recorded server messages from the start, each one
     released once the client messages that preceded it in the recording have arrived (by
     count), with recorded gaps divided by --speed. A client message that differs from the
-    recording is reported on stderr. For tests, the pytest fixture rtcap_serve does the
-    same (see the README).
+    recording is reported on stderr with where it differs; a server message that waited
+    --timeout seconds for a client message goes anyway, and a line names the message it
+    waited for. With --strict, either closes that client's connection instead (code 1008,
+    the line as its reason); other clients are still served, and rtcap keeps running.
+    For tests, the pytest fixture rtcap_serve does the same (see the README).
 
     \b
     Example:
-      rtcap serve 20261126T0016015 --speed 10
+      rtcap serve 20261126T0016015 --speed 10 --strict
       # then point the app at the printed ws:// URL
     """
     import asyncio
+    import math
 
     from analyzer.reproduce.serve import Player, run_player
 
     capture = load(captures, session)
-    player = Player(capture, speed=speed, captures=captures.absolute() if record else None)
+    player = Player(
+        capture,
+        speed=speed,
+        captures=captures.absolute() if record else None,
+        timeout=None if math.isinf(timeout) else timeout,
+        strict=strict,
+    )
     try:
         asyncio.run(run_player(player, *listen, ready=lambda line: click.echo(line)))
     except OSError as e:

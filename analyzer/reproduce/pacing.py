@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from recorder import events
@@ -50,6 +50,8 @@ class Step:
     after_done: bool = False
     """A response ended before this message in the recording: once the replayed one ends,
     the message goes even if fewer server messages came (``causal``)."""
+    kind: str | None = None
+    """The recorded message's event type, to name it in notes."""
 
 
 def event_of(message: Message) -> dict[str, Any] | None:
@@ -65,6 +67,13 @@ def recorded_events(capture: Capture) -> list[tuple[int, dict[str, Any] | None]]
 
 def _payload(message: Message) -> str | bytes:
     return message.data().decode("utf-8", errors="replace") if message.opcode == "text" else message.data()
+
+
+def describe(message: Message) -> str:
+    """A recorded message in a word, for notes: its event type, else what it is."""
+    if message.opcode != "text":
+        return f"binary, {len(message.data())} bytes"
+    return events.event_type(event_of(message)) or f"text, {len(message.data())} bytes, not an event"
 
 
 def plan(capture: Capture, pace: str = "causal", speed: float = 1.0) -> list[Step]:
@@ -108,9 +117,14 @@ def serve_plan(capture: Capture, speed: float = 1.0) -> list[Step]:
             clients += 1
             continue
         gap = (message.t_ns - previous_t) / 1e9 / speed
-        steps.append(Step(message.seq, _payload(message), clients, max(0.0, gap), []))
+        steps.append(Step(message.seq, _payload(message), clients, max(0.0, gap), [], kind=describe(message)))
         previous_t = message.t_ns
     return steps
+
+
+def client_messages(capture: Capture) -> list[Message]:
+    """The recording's client messages, in order: what :func:`serve_plan` counts."""
+    return [m for m in capture.messages if m.direction == events.SENT]
 
 
 def count_responses(capture: Capture) -> int:
@@ -217,8 +231,11 @@ class Pacer:
     (``response.done``; the end of the connection ends them all).
 
     ``absolute`` counts the other side from the start instead of since the previous step
-    (serve: a server message goes once as many client messages as preceded it have come).
-    ``timeout=None`` waits for the other side for ever. ``peer`` names it in notes.
+    (serve: a server message goes once as many client messages as preceded it have come);
+    once it has waited ``timeout`` for a message of the other side, the steps after it that
+    wait for no later one go without waiting again: a missing message costs one timeout,
+    not one per step. ``timeout=None`` waits for the other side for ever. ``peer`` names
+    it in notes, and ``peer_kinds`` (with ``absolute``) its recorded messages, in order.
     """
 
     def __init__(
@@ -232,6 +249,7 @@ class Pacer:
         expected_done: int = 0,
         absolute: bool = False,
         peer: str = "server",
+        peer_kinds: Sequence[str] = (),
     ) -> None:
         if pace not in PACES:
             raise ValueError(f"unknown pace {pace!r}: expected one of {', '.join(PACES)}")
@@ -244,6 +262,8 @@ class Pacer:
         self.expected_done = expected_done
         self.absolute = absolute
         self.peer = peer
+        self.peer_kinds = list(peer_kinds)
+        self._given_up = 0  # absolute: steps waiting for fewer units than this go at once
         self.units = events.Units()
         """What the other side sent, counted (a run of deltas is one)."""
         self.dones = 0
@@ -308,10 +328,26 @@ class Pacer:
         return action
 
     def _ready(self, step: Step) -> bool:
+        if self.absolute and step.after_server <= self._given_up:
+            return True
         base = 0 if self.absolute else self._mark_units
         # A pending response.done counts: once the replayed response has ended, a shorter
         # stream than the recorded one is no reason to wait for more.
         return self.units.count >= base + step.after_server or (step.after_done and self.dones > self._mark_dones)
+
+    def _timed_out(self, step: Step) -> str:
+        """The note for a step that waited ``timeout`` for the other side."""
+        if not self.absolute:
+            return f"waited {self.timeout:g} s for the {self.peer} before seq {step.recorded_seq}"
+        self._given_up = step.after_server
+        awaited = self.units.count
+        kind = f" ({self.peer_kinds[awaited]})" if awaited < len(self.peer_kinds) else ""
+        own = "server" if self.peer == "client" else "client"
+        about = f"{step.kind}, seq {step.recorded_seq}" if step.kind else f"seq {step.recorded_seq}"
+        return (
+            f"waited {self.timeout:g} s for {self.peer} message {awaited}{kind} "
+            f"before {own} message {self.index} ({about})"
+        )
 
     def _mapped(self, step: Step) -> bool:
         return self.ids is None or all(n in self.ids.mapping for n in step.needs)
@@ -327,8 +363,7 @@ class Pacer:
             if not self._ready(step):
                 if not expired:
                     return
-                awaited = f"{self.peer} message {self.units.count}" if self.absolute else f"the {self.peer}"
-                self._note = f"waited {self.timeout:g} s for {awaited} before seq {step.recorded_seq}"
+                self._note = self._timed_out(step)
                 self.notes.append(self._note)
                 # The wait for ids starts when this one ended, however late we were told.
                 at = self._deadline if self._deadline is not None else now

@@ -273,3 +273,53 @@ def test_a_dropped_connection_is_a_failure_to_reproduce(start_simulator, tmp_pat
     assert set(target) == {"seq", "source", "error_type", "code", "message", "response_index"}
     assert (result["reproduced"], result["of"]) == (1, 1)
     assert result["replays"][0]["failure"]["source"] == "close"
+
+
+# -- the verdict: transient only for replays that followed the recording to the failure ------
+
+
+def test_a_replay_that_diverged_before_the_failure_is_inconclusive_not_transient(start_simulator, tmp_path) -> None:
+    simulator = start_simulator("fail nth=2")
+    root = tmp_path / "captures"
+    capture = read_capture(record_failing_pair(simulator.url, root))
+    # asap sends the second response.create while the first response runs: the server
+    # refuses it, and the second response, the one that failed, never happens.
+    result = run(capture, to=simulator.url, captures=root, pace="asap", speed=100, timeout=0.5)
+    [replayed] = result["replays"]
+    assert not replayed["reproduced"] and replayed["diverged_at"]["got"] == "error"
+    assert replayed["diverged_at"]["recorded_seq"] < result["target"]["seq"]
+    assert "inconclusive" in result["summary"] and "transient" not in result["summary"]
+
+
+def test_a_replay_that_followed_the_recording_and_did_not_fail_is_transient(start_simulator, tmp_path) -> None:
+    root = tmp_path / "captures"
+    capture = read_capture(record_failing_pair(start_simulator("fail nth=2").url, root))
+    healthy = start_simulator()
+    result = run(capture, to=healthy.url, captures=root, speed=100, timeout=5)
+    [replayed] = result["replays"]
+    assert not replayed["reproduced"]
+    # It left the recording where the recording failed: the response went on instead.
+    diverged = replayed["diverged_at"]
+    assert (diverged["recorded_seq"], diverged["expected"]) == (result["target"]["seq"], "response.done:failed")
+    assert "transient" in result["summary"] and "inconclusive" not in result["summary"]
+
+
+@pytest.mark.parametrize(
+    ("reproduced", "diverged", "words"),
+    [
+        (5, 0, "deterministic"),
+        (0, 0, "transient"),
+        (2, 0, "transient"),
+        (0, 5, "inconclusive"),
+        (2, 1, "inconclusive"),
+        (0, 1, "inconclusive"),
+    ],
+)
+def test_verdict_words(reproduced: int, diverged: int, words: str) -> None:
+    from analyzer.reproduce.replay import verdict
+
+    sentence = verdict(reproduced, 5, True, "server_error", diverged=diverged)
+    assert words in sentence
+    assert sum(w in sentence for w in ("deterministic", "transient", "inconclusive")) == 1
+    if reproduced:
+        assert f"reproduced {reproduced} of 5 times" in sentence

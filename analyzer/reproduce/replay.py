@@ -224,6 +224,7 @@ def run(
     target = next((f for f in events.failures(recorded, capture.end) if events.failure_matches(f, failure)), None)
     expected_shape = shape(recorded)
     entries = []
+    lost = 0  # replays that did not reproduce it, having left the recording before it
     for _ in range(repeat):
         result = asyncio.run(
             replay(
@@ -247,15 +248,17 @@ def run(
             ),
             None,
         )
+        diverged_at = divergence(expected_shape, shape(result["received"]))
         entries.append(
             {
                 "session_id": result["session_id"],
                 "reproduced": hit is not None,
                 "failure": failure_entry(hit or found[0]) if (hit or found) else None,
-                "diverged_at": divergence(expected_shape, shape(result["received"])),
+                "diverged_at": diverged_at,
                 "notes": result["notes"],
             }
         )
+        lost += hit is None and target is not None and diverged_before(diverged_at, target)
     reproduced = sum(1 for e in entries if e["reproduced"])
     return {
         "replays": entries,
@@ -264,17 +267,36 @@ def run(
         "target": failure_entry(target) if target else None,
         "url": shown,
         "pace": pace,
-        "summary": verdict(reproduced, repeat, target is not None, failure),
+        "summary": verdict(reproduced, repeat, target is not None, failure, diverged=lost),
     }
 
 
-def verdict(reproduced: int, of: int, has_target: bool, failure: str) -> str:
-    """What the reproduction rate suggests, in one sentence."""
+def diverged_before(diverged_at: dict[str, Any] | None, target: events.Failure) -> bool:
+    """Whether a replay left the recording before the position of the failure it should
+    reproduce: then whether the failure would have come back is unknown. A failure with no
+    seq (the connection's end) is at the end of the recording."""
+    if diverged_at is None or diverged_at["recorded_seq"] is None:
+        return False  # it followed the recording to its end, and went on
+    return target.seq is None or diverged_at["recorded_seq"] < target.seq
+
+
+def verdict(reproduced: int, of: int, has_target: bool, failure: str, diverged: int = 0) -> str:
+    """What the reproduction rate suggests, in one sentence. ``diverged``: how many of
+    the replays that did not reproduce the failure left the recording before its position
+    (:func:`diverged_before`). Those say nothing about it: with any of them the verdict is
+    inconclusive, and "transient" is kept for replays that followed the recording to the
+    failure's position and did not fail there."""
     if not has_target:
         return f"The recording has no {failure} to reproduce; {of} replay(s) ran."
     rate = f"reproduced {reproduced} of {of} times ({reproduced / of:.0%})"
     if reproduced == of:
         return f"The failure {rate}: it looks deterministic, triggered by what the client sent."
+    if diverged:
+        which = "every replay" if diverged == of else f"{diverged} of the replays"
+        return f"The failure {rate}, but {which} diverged from the recording before it (see diverged_at): inconclusive."
     if reproduced == 0:
-        return f"The failure was not reproduced in {of} replay(s): it looks transient, or depends on server state."
+        return (
+            f"The failure was not reproduced in {of} replay(s) that followed the recording up to it: "
+            "it looks transient, or depends on server state."
+        )
     return f"The failure {rate}: it looks transient or load-dependent rather than caused by the messages alone."

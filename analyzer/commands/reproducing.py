@@ -80,7 +80,8 @@ def replay(
     run of deltas counts as one), and not before its recorded gap; timed follows recorded
     gaps; asap sends at once, waiting only for ids to map. Each replay is recorded as a
     session with replay_of. With --repeat, the reproduction rate tells a deterministic
-    trigger from a transient failure. Credentials never come from the capture.
+    trigger from a transient failure (replays that diverged from the recording before the
+    failure make it inconclusive). Credentials never come from the capture.
 
     \b
     Example:

@@ -110,10 +110,20 @@ def run(
     try:
         os.execvpe(command[0], list(command), env)
     except OSError as e:
-        failure = Failure(f"cannot run {command[0]}: {e.strerror or e}")
-        # As a shell does: 127 for a program not found, 126 for one found but not runnable.
-        failure.exit_code = 127 if isinstance(e, FileNotFoundError) else 126
-        raise failure from None
+        failure = NotFound if isinstance(e, FileNotFoundError) else NotRunnable
+        raise failure(f"cannot run {command[0]}: {e.strerror or e}") from None
+
+
+class NotFound(Failure):
+    """``rtcap run``'s program was not found: exit 127, as a shell does."""
+
+    exit_code = 127
+
+
+class NotRunnable(Failure):
+    """``rtcap run``'s program was found but could not be run: exit 126, as a shell does."""
+
+    exit_code = 126
 
 
 @click.command()

@@ -1,17 +1,29 @@
 """``rtcap precursors``: what comes before failures and not before healthy responses.
 
-A failure's window ends just before its response's ``response.created`` (so it holds the
-client messages that led to the response but nothing the failure itself caused), or at the
-failure when it belongs to no response, and reaches back ``window_seconds`` and
-``window_events``. Controls are the same windows before responses that completed. Each
-window gets a set of features; a one-sided Fisher exact test per feature, Holm-adjusted
-over all features tested, says which are more common before failures than chance allows.
+Every response is a *turn*, and each turn has a window: the events since the previous
+response ended (or the session began) up to its ``response.created``, capped by
+``window_seconds`` and ``window_events``. Nothing of another response's own events is in
+it, so an earlier failure cannot pass for a precursor of the next one. A failure that
+belongs to no response (an error between responses) gets the window that ends at it.
+Failure windows are those of turns whose failure matches ``--failure``; controls are those
+of turns whose response completed.
+
+Each window gets features: the event types in it, ordered pairs of adjacent types (runs of
+deltas collapsed), scalar fields of client events of bounded cardinality, and numeric
+measures cut at thresholds taken from the data (``input_tokens>=431``). What came before
+the window enters only as context: the turn's index, the session's age, the conversation's
+items, the previous response's input tokens and whether it failed.
+
+Each feature is tested one-sided and exactly, *within strata* of position (bands of the
+turn index) and of whether the previous response failed, so that "a late turn" or "right
+after a failure" cannot pass for a cause; Holm's correction runs over every feature and
+threshold tested. Position (failures come late) and clustering (failures follow failures)
+are reported as findings of their own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -20,169 +32,214 @@ import numpy as np
 
 from recorder import events as protocol
 
+from .stats import Strata, cut_points, fisher_greater, holm, number
 from .views import Captures
+
+__all__ = ["analyse", "fisher_greater", "holm"]
 
 SIGNIFICANT = 0.001
 NEAR_IDENTICAL = 0.05  # features whose windows differ in at most 5% of them are merged
-THRESHOLDS = {
-    "audio_chunk_ms": (200, 500, 1000),
-    "events_per_second": (10, 20, 50),
-    "session_age_s": (60, 300, 900, 1800),
-    "gap_since_server_s": (1, 5, 10),
-    "conversation_items": (10, 25, 50),
-    "input_tokens": (2000, 8000, 14000),
-}
+MEASURES = (
+    "turn_index",
+    "session_age_s",
+    "conversation_items",
+    "input_tokens",
+    "audio_chunk_ms",
+    "events_per_second",
+    "gap_since_server_s",
+)
+"""Numeric measures of a window; ``input_tokens`` is the previous response's."""
+PREVIOUS_FAILED = "previous_response:status=failed"
+POSITION = "turn_index>="
 KIND_ORDER = {"event": 0, "field": 1, "numeric": 2, "sequence": 3}
 MAX_FIELD_VALUES = 12
 IGNORED_KEYS = ("event_id", "item_id", "response_id", "call_id", "previous_item_id", "id", "audio", "delta")
+BANDS = (0, 1, 2, 4, 8, 16)
+"""Turn-index bands the test holds fixed: 0, 1, 2-3, 4-7, 8-15, 16 and later."""
 
 
 @dataclasses.dataclass
 class Window:
-    """The messages before one response (a failure's or a control's)."""
+    """The events before one turn's response (or before a failure outside any response)."""
 
     id: int
     session_id: str
     failed: bool
+    turn: int
+    start_seq: int
+    end_seq: int
+    end_t: float
+    previous: str | None
+    """How the previous response ended: ``failed`` (a failure of the kind analysed),
+    ``completed``, another status, or ``None`` for the session's first turn."""
+    previous_tokens: int | None
     features: set[str] = dataclasses.field(default_factory=set)
+    measures: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def stratum(self) -> tuple[int, bool]:
+        band = max(i for i, start in enumerate(BANDS) if self.turn >= start)
+        return band, self.previous == "failed"
 
 
-def windows(captures: Captures, failure: str, seconds: float, events: int) -> list[Window]:
-    """Failure and control windows with their features."""
-    chosen = [
-        row
-        for row in captures.sql(
-            """
-            SELECT f.session_id, f.seq AS fail_seq, f.t_s AS fail_t, f.class, f.error_type, f.code,
-                   coalesce(r.created_seq, f.seq) AS end_seq, coalesce(r.created_t_s, f.t_s) AS end_t
-            FROM failures f
-            LEFT JOIN responses r ON r.session_id = f.session_id AND r.response_id = f.response_id
-            """
-        ).to_pylist()
-        if protocol.matches(failure, row["class"], row["error_type"], row["code"])
-    ]
-    ends: dict[tuple[str, int], float] = {}
-    for row in chosen:
-        if row["end_seq"] is not None:
-            ends.setdefault((row["session_id"], row["end_seq"]), row["end_t"])
+def turns(captures: Captures, failure: str, first_failures_only: bool = False) -> list[Window]:
+    """Every turn with a failure of kind ``failure`` or a completed response, in order."""
+    responses = captures.sql(
+        "SELECT session_id, response_id, created_seq, created_t_s, done_seq, status, input_tokens "
+        "FROM responses WHERE created_seq IS NOT NULL ORDER BY session_id, created_seq"
+    ).to_pylist()
+    failed: set[tuple[str, str]] = set()
+    loose: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in captures.sql(
+        "SELECT session_id, seq, t_s, class, error_type, code, response_id FROM failures WHERE seq IS NOT NULL "
+        "OR response_id IS NOT NULL"
+    ).to_pylist():
+        if not protocol.matches(failure, row["class"], row["error_type"], row["code"]):
+            continue
+        if row["response_id"] is not None:
+            failed.add((row["session_id"], row["response_id"]))
+        else:
+            loose[row["session_id"]].append(row)
     by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in chosen:
+    for row in responses:
         by_session[row["session_id"]].append(row)
+    out: list[Window] = []
+    for session_id in sorted(set(by_session) | set(loose)):
+        # Responses and loose failures in the order their windows end.
+        items = [(r["created_seq"], 0, r) for r in by_session[session_id]]
+        items += [(f["seq"], 1, f) for f in loose[session_id]]
+        dones: list[int] = []
+        previous: str | None = None
+        previous_tokens: int | None = None
+        index = 0
+        seen_failure = False
+        for end_seq, is_loose, row in sorted(items, key=lambda item: (item[0], item[1])):
+            start = max((d for d in dones if d < end_seq), default=-1) + 1
+            if is_loose:
+                outcome: bool | None = True
+                end_t = row["t_s"]
+            else:
+                key = (session_id, row["response_id"])
+                outcome = True if key in failed else False if row["status"] == "completed" else None
+                end_t = row["created_t_s"]
+            keep = outcome is not None and not (outcome and first_failures_only and seen_failure)
+            if keep:
+                out.append(
+                    Window(len(out), session_id, bool(outcome), index, start, end_seq, end_t, previous, previous_tokens)
+                )
+            seen_failure |= bool(outcome)
+            if not is_loose:
+                index += 1
+                previous = "failed" if outcome else row["status"]
+                previous_tokens = row["input_tokens"]
+                if row["done_seq"] is not None:
+                    dones.append(row["done_seq"])
+    return out
 
-    def holds_failure(session_id: str, end_seq: int, end_t: float) -> bool:
-        """A control window that holds a failure (or is one) is no control."""
-        return any(
-            c["end_seq"] == end_seq
-            or (
-                c["fail_seq"] is not None
-                and end_seq - events <= c["fail_seq"] < end_seq
-                and c["fail_t"] >= end_t - seconds
-            )
-            for c in by_session.get(session_id, ())
-        )
 
-    controls = [
-        (row["session_id"], row["created_seq"], row["created_t_s"])
-        for row in captures.sql(
-            """
-            SELECT session_id, created_seq, created_t_s FROM responses
-            WHERE status = 'completed' AND created_seq IS NOT NULL
-            """
-        ).to_pylist()
-        if not holds_failure(row["session_id"], row["created_seq"], row["created_t_s"])
-    ]
-    found = sorted([(sid, seq, t, True) for (sid, seq), t in ends.items()] + [(*c, False) for c in controls])
-    out = [Window(i, sid, failed) for i, (sid, _, _, failed) in enumerate(found)]
-    if not out:
-        return out
-    # The windows go to DuckDB as parallel lists, unnested together into one table.
-    windows_sql = """
-        SELECT unnest(?::BIGINT[]) AS id, unnest(?::VARCHAR[]) AS session_id,
+def _windows_sql(found: list[Window]) -> tuple[str, list[Any]]:
+    """The windows as a table for DuckDB: parallel lists, unnested together."""
+    sql = """
+        SELECT unnest(?::BIGINT[]) AS id, unnest(?::VARCHAR[]) AS session_id, unnest(?::BIGINT[]) AS start_seq,
                unnest(?::BIGINT[]) AS end_seq, unnest(?::DOUBLE[]) AS end_t
     """
-    window_params = [list(range(len(found))), [w[0] for w in found], [w[1] for w in found], [w[2] for w in found]]
-    rows = [
-        tuple(row.values())
-        for row in captures.sql(
-            f"""
-            WITH w AS ({windows_sql})
-            SELECT w.id, w.end_t, e.t_s, e.type, e.direction, e.audio_ms,
-                   CASE WHEN e.direction = ? THEN e.payload::VARCHAR END AS payload
-            FROM w JOIN events e
-              ON e.session_id = w.session_id AND e.seq < w.end_seq AND e.seq >= w.end_seq - ? AND e.t_s >= w.end_t - ?
-            ORDER BY w.id, e.seq
-            """,
-            [*window_params, protocol.SENT, events, seconds],
-        ).to_pylist()
+    columns = [
+        [w.id for w in found],
+        [w.session_id for w in found],
+        [w.start_seq for w in found],
+        [w.end_seq for w in found],
+        [w.end_t for w in found],
     ]
+    return sql, columns
+
+
+def describe(captures: Captures, found: list[Window], seconds: float, events: int) -> None:
+    """Give each window its features and measures."""
+    if not found:
+        return
+    table, params = _windows_sql(found)
+    rows = captures.sql(
+        f"""
+        WITH w AS ({table})
+        SELECT w.id, e.t_s, e.type, e.direction, e.audio_ms,
+               CASE WHEN e.direction = ? THEN e.payload::VARCHAR END AS payload
+        FROM w JOIN events e
+          ON e.session_id = w.session_id AND e.seq >= greatest(w.start_seq, w.end_seq - ?) AND e.seq < w.end_seq
+         AND e.t_s >= w.end_t - ?
+        ORDER BY w.id, e.seq
+        """,
+        [*params, protocol.SENT, events, seconds],
+    ).to_pylist()
     context = captures.sql(
         f"""
-        WITH w AS ({windows_sql}), items AS (
+        WITH w AS ({table}), items AS (
             SELECT session_id, seq,
                    count(*) FILTER (WHERE type IN (SELECT unnest(?::VARCHAR[])))
                        OVER (PARTITION BY session_id ORDER BY seq) AS items
             FROM events
-        ), done AS (
-            SELECT session_id, done_seq, input_tokens FROM responses WHERE status = 'completed' AND done_seq IS NOT NULL
+        ), server AS (
+            SELECT session_id, seq, t_s FROM events WHERE direction = ?
+        ), with_items AS (
+            SELECT w.id, w.session_id, w.end_seq, coalesce(i.items, 0) AS items
+            FROM w ASOF LEFT JOIN items i ON i.session_id = w.session_id AND w.end_seq > i.seq
         )
-        SELECT w.id, w.end_t,
-               (SELECT max(i.items) FROM items i WHERE i.session_id = w.session_id AND i.seq < w.end_seq) AS items,
-               d.input_tokens
-        FROM w ASOF LEFT JOIN done d ON d.session_id = w.session_id AND w.end_seq > d.done_seq
-        ORDER BY w.id
+        SELECT x.id, x.items, s.t_s AS last_server_t
+        FROM with_items x ASOF LEFT JOIN server s ON s.session_id = x.session_id AND x.end_seq > s.seq
+        ORDER BY x.id
         """,
-        [*window_params, list(protocol.ITEM_ADDED)],
+        [*params, list(protocol.ITEM_ADDED), protocol.RECEIVED],
     ).to_pylist()
-    for window, row in zip(out, context, strict=True):
-        window.features |= _numeric("session_age_s", row["end_t"])
-        window.features |= _numeric("conversation_items", row["items"] or 0)
-        if row["input_tokens"] is not None:
-            window.features |= _numeric("input_tokens", row["input_tokens"])
-    by_window: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+    for window, row in zip(found, context, strict=True):
+        measures = window.measures
+        measures["turn_index"] = window.turn
+        measures["session_age_s"] = window.end_t
+        measures["conversation_items"] = row["items"]
+        if window.previous_tokens is not None:
+            measures["input_tokens"] = window.previous_tokens
+        if row["last_server_t"] is not None:
+            measures["gap_since_server_s"] = window.end_t - row["last_server_t"]
+        if window.previous == "failed":
+            window.features.add(PREVIOUS_FAILED)
+    by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        by_window[row[0]].append(row)
+        by_window[row["id"]].append(row)
     fields: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
-    for window in out:
+    for window in found:
         _window_features(window, by_window.get(window.id, []), fields)
     for name, values in fields.items():
         if len(values) <= MAX_FIELD_VALUES:
             for value, ids in values.items():
                 for window_id in ids:
-                    out[window_id].features.add(f"{name}={value}")
-    return out
+                    found[window_id].features.add(f"{name}={value}")
+    for measure in MEASURES:
+        present = [w for w in found if measure in w.measures]
+        for cut in cut_points([w.measures[measure] for w in present]):
+            name = f"{measure}>={number(cut)}"
+            for window in present:
+                if window.measures[measure] >= cut:
+                    window.features.add(name)
 
 
-def _numeric(name: str, value: float) -> set[str]:
-    return {f"{name}>={limit}" for limit in THRESHOLDS[name] if value >= limit}
-
-
-def _window_features(window: Window, rows: list[tuple[Any, ...]], fields: dict[str, dict[str, set[int]]]) -> None:
+def _window_features(window: Window, rows: list[dict[str, Any]], fields: dict[str, dict[str, set[int]]]) -> None:
     client_times: list[float] = []
-    last_server_t = None
-    end_t = None
-    largest_chunk = 0.0
-    kinds: list[tuple[int, str]] = []
-    for _, w_end_t, t_s, kind, direction, audio_ms, payload in rows:
-        end_t = w_end_t
-        name = kind or "(non-json)"
+    largest_chunk: float | None = None
+    kinds: list[tuple[int, str | None]] = []
+    for row in rows:
+        name = row["type"] or "(non-json)"
         window.features.add(name)
         kinds.append((len(kinds), name))
-        if direction == protocol.SENT:
-            client_times.append(t_s)
-            if audio_ms:
-                largest_chunk = max(largest_chunk, audio_ms)
-            if payload:
-                _fields(window.id, name, payload, fields)
-        else:
-            last_server_t = t_s
+        if row["direction"] == protocol.SENT:
+            client_times.append(row["t_s"])
+            if row["audio_ms"] is not None:
+                largest_chunk = max(largest_chunk or 0.0, row["audio_ms"])
+            if row["payload"]:
+                _fields(window.id, name, row["payload"], fields)
     names = [str(name) for _, name in protocol.collapse(kinds)]
     for first, second in zip(names, names[1:], strict=False):
         window.features.add(f"{first} -> {second}")
-    window.features |= _numeric("audio_chunk_ms", largest_chunk)
-    window.features |= _numeric("events_per_second", protocol.busiest_second(client_times))
-    if end_t is not None:
-        gap = end_t - last_server_t if last_server_t is not None else THRESHOLDS["gap_since_server_s"][-1]
-        window.features |= _numeric("gap_since_server_s", gap)
+    if largest_chunk is not None:  # no audio in the window: the measure is missing, not zero
+        window.measures["audio_chunk_ms"] = largest_chunk
+    window.measures["events_per_second"] = protocol.busiest_second(client_times)
 
 
 def _fields(window_id: int, kind: str, payload: str, fields: dict[str, dict[str, set[int]]]) -> None:
@@ -215,48 +272,71 @@ def _leaves(value: Any, prefix: str) -> Iterable[tuple[str, str]]:
 def _kind(name: str) -> str:
     if " -> " in name:
         return "sequence"
-    if ">=" in name and name.split(">=")[0] in THRESHOLDS:
+    if ">=" in name and name.split(">=")[0] in MEASURES:
         return "numeric"
     if ":" in name and "=" in name:
         return "field"
     return "event"
 
 
-def fisher_greater(a: np.ndarray, failures: int, controls: int, with_feature: np.ndarray) -> np.ndarray:
-    """One-sided Fisher exact p: the chance of at least ``a`` of the ``failures`` windows
-    having a feature that ``with_feature`` windows of all have, if it were unrelated."""
-    total = failures + controls
-    lg = np.array([math.lgamma(i + 1) for i in range(total + 1)])
+def clustering(found: list[Window]) -> dict[str, Any]:
+    """Failures that follow failures: the failure rate of turns right after a failed
+    response against right after a completed one, with a one-sided Fisher test; and how
+    many sessions kept failing after their first failure."""
+    judged = [w for w in found if w.previous in ("failed", "completed")]
+    after_failure = [w.failed for w in judged if w.previous == "failed"]
+    after_success = [w.failed for w in judged if w.previous == "completed"]
+    k1, n1, k2, n2 = sum(after_failure), len(after_failure), sum(after_success), len(after_success)
+    p = 1.0
+    if n1 and k1:
+        # Within bands of position: late turns both fail more and follow more failures.
+        strata = Strata([w.stratum[0] for w in judged], [w.failed for w in judged])
+        p = strata.greater(np.flatnonzero([w.previous == "failed" for w in judged]))
+    sessions: dict[str, list[bool]] = defaultdict(list)
+    for window in found:
+        sessions[window.session_id].append(window.failed)
+    kept = later = 0
+    for outcomes in sessions.values():
+        if True in outcomes[:-1]:
+            rest = outcomes[outcomes.index(True) + 1 :]
+            later += 1
+            kept += all(rest)
+    return {
+        "after_failure": k1,
+        "of": n1,
+        "after_success": k2,
+        "of2": n2,
+        "p_value": p,
+        "significant": p < SIGNIFICANT,
+        "sessions_kept_failing": kept,
+        "of_sessions": later,
+    }
 
-    def log_choose(n: np.ndarray, k: np.ndarray) -> np.ndarray:
-        return lg[n] - lg[k] - lg[n - k]
 
-    p = np.zeros(len(a))
-    for i, (hits, k) in enumerate(zip(a, with_feature, strict=True)):
-        top = min(k, failures)
-        ks = np.arange(hits, top + 1)
-        if ks.size == 0:
-            p[i] = 0.0
-            continue
-        terms = (
-            log_choose(np.full_like(ks, k), ks)
-            + log_choose(np.full_like(ks, total - k), failures - ks)
-            - log_choose(np.array(total), np.array(failures))
-        )
-        p[i] = min(1.0, float(np.exp(terms).sum()))
-    return p
-
-
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values, in the input's order."""
-    m = len(p)
-    order = np.argsort(p, kind="stable")
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[index]))
-        adjusted[index] = running
-    return adjusted
+def position(found: list[Window], members: dict[str, set[int]]) -> dict[str, Any] | None:
+    """Failures that come late in sessions: the turn-index threshold that separates
+    failures from controls best, tested within the strata of whether the previous response
+    failed (a server that keeps failing makes late turns fail, which is clustering, not
+    position); Holm over the thresholds."""
+    names = [n for n in members if n.startswith(POSITION)]
+    if not names:
+        return None
+    failed_ids = {w.id for w in found if w.failed}
+    n_fail, n_ctrl = len(failed_ids), len(found) - len(failed_ids)
+    a = np.array([len(members[n] & failed_ids) for n in names])
+    k = np.array([len(members[n]) for n in names])
+    strata = Strata([w.stratum[1] for w in found], [w.failed for w in found])
+    p = holm(np.array([strata.greater(np.fromiter(sorted(members[n]), dtype=np.int64)) for n in names]))
+    best = int(np.lexsort((-a, p))[0])
+    return {
+        "feature": names[best],
+        "failures_with": int(a[best]),
+        "of": n_fail,
+        "controls_with": int(k[best] - a[best]),
+        "of2": n_ctrl,
+        "p_value": float(p[best]),
+        "significant": bool(p[best] < SIGNIFICANT),
+    }
 
 
 def analyse(
@@ -265,94 +345,172 @@ def analyse(
     failure: str = protocol.DEFAULT_FAILURE,
     window_seconds: float = 10,
     window_events: int = 50,
+    first_failures_only: bool = False,
 ) -> dict[str, Any]:
     """The precursor document SPEC describes (see ``rtcap precursors --help``)."""
-    found = windows(captures, failure, window_seconds, window_events)
-    failed = [w for w in found if w.failed]
-    controls = [w for w in found if not w.failed]
-    n_fail, n_ctrl = len(failed), len(controls)
+    found = turns(captures, failure, first_failures_only)
+    describe(captures, found, window_seconds, window_events)
+    n_fail = sum(w.failed for w in found)
+    n_ctrl = len(found) - n_fail
     members: dict[str, set[int]] = defaultdict(set)
     for window in found:
         for feature in window.features:
             members[feature].add(window.id)
-    failed_ids = {w.id for w in failed}
+    failed_ids = {w.id for w in found if w.failed}
     names = sorted(n for n, ids in members.items() if ids & failed_ids)
-    a = np.array([len(members[n] & failed_ids) for n in names], dtype=int)
-    k = np.array([len(members[n]) for n in names], dtype=int)
-    c = k - a
-    p_raw = fisher_greater(a, n_fail, n_ctrl, k) if names else np.zeros(0)
+    strata = Strata([_stratum_index(w) for w in found], [w.failed for w in found])
+    index = {n: np.fromiter(sorted(members[n]), dtype=np.int64) for n in names}
+    p_raw = np.array([strata.greater(index[n]) for n in names])
     p_adj = holm(p_raw) if names else np.zeros(0)
     session_of = {w.id: w.session_id for w in found}
     rows: list[dict[str, Any]] = []
     for i, name in enumerate(names):
-        lift = (a[i] / n_fail) / ((c[i] + 0.5) / (n_ctrl + 0.5)) if n_fail else 0.0
-        examples = sorted({session_of[w] for w in members[name] & failed_ids})[:3]
+        a = len(members[name] & failed_ids)
+        c = len(members[name]) - a
+        lift = (a / n_fail) / ((c + 0.5) / (n_ctrl + 0.5)) if n_fail else 0.0
         rows.append(
             {
                 "feature": name,
                 "kind": _kind(name),
-                "failures_with": int(a[i]),
-                "controls_with": int(c[i]),
-                "failure_rate": float(a[i] / k[i]) if k[i] else 0.0,
+                "failures_with": a,
+                "controls_with": c,
+                "failure_rate": a / (a + c),
                 "lift": float(lift),
                 "p_value": float(p_adj[i]),
                 "p_raw": float(p_raw[i]),
                 "significant": bool(p_adj[i] < SIGNIFICANT),
                 "merged": [],
-                "examples": examples,
+                "examples": sorted({session_of[w] for w in members[name] & failed_ids})[:3],
             }
         )
-    rows = _merge(rows, members)
+    rows = _merge(rows, members, failed_ids)
     rows.sort(key=lambda r: (r["p_value"], -r["lift"], KIND_ORDER[r["kind"]], len(r["feature"])))
     settings = {
         "seconds": window_seconds,
         "events": window_events,
         "failure": failure,
         "include_replays": captures.include_replays,
+        "first_failures_only": first_failures_only,
     }
+    clusters = clustering(found)
+    place = position(found, members)
     return {
         "failures": n_fail,
         "controls": n_ctrl,
         "window": settings,
-        "summary": summary(failure, rows, n_fail, n_ctrl),
+        "summary": summary(failure, rows, n_fail, n_ctrl, clusters, place),
+        "clustering": clusters,
+        "position": place,
         "features": rows,
     }
 
 
-def _merge(rows: list[dict[str, Any]], members: dict[str, set[int]]) -> list[dict[str, Any]]:
-    """Fold features that hold in (nearly) the same windows into the simplest of them."""
-    simplest_first = sorted(rows, key=lambda r: (KIND_ORDER[r["kind"]], len(r["feature"]), r["feature"]))
+def _stratum_index(window: Window) -> int:
+    band, after_failure = window.stratum
+    return band * 2 + after_failure
+
+
+def _merge(rows: list[dict[str, Any]], members: dict[str, set[int]], failed_ids: set[int]) -> list[dict[str, Any]]:
+    """Fold features into the simplest feature that stands for them: one that holds in
+    (nearly) the same windows; or, for a feature of a simpler kind that is significant,
+    one that holds in the same failure windows and in a subset of its windows (a pair
+    ``X -> Y`` that only adds where in the turn X came), unless the simpler one is far
+    less specific (more than twice the controls). For one measure's thresholds, the
+    strongest stands for the others."""
+    # One line a measure: its strongest threshold stands for the others.
+    strongest: dict[str, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: (r["p_value"], -r["lift"])):
+        if row["kind"] != "numeric":
+            continue
+        measure = row["feature"].split(">=")[0]
+        if measure in strongest:
+            strongest[measure]["merged"].append(row["feature"])
+        else:
+            strongest[measure] = row
+    rows = [r for r in rows if r["kind"] != "numeric" or strongest[r["feature"].split(">=")[0]] is r]
+    simplest_first = sorted(rows, key=lambda r: (KIND_ORDER[r["kind"]], len(r["feature"])))
     kept: list[dict[str, Any]] = []
     for row in simplest_first:
         ids = members[row["feature"]]
         for rep in kept:
             other = members[rep["feature"]]
             union = len(ids | other)
-            if union and len(ids ^ other) <= NEAR_IDENTICAL * union:
-                rep["merged"].append(row["feature"])
+            if union and len(ids ^ other) <= NEAR_IDENTICAL * union or _narrows(row, rep, ids, other, failed_ids):
+                rep["merged"] += [row["feature"], *row["merged"]]
                 break
         else:
             kept.append(row)
     return kept
 
 
+def _narrows(row: dict[str, Any], rep: dict[str, Any], ids: set[int], other: set[int], failed_ids: set[int]) -> bool:
+    if not (rep["significant"] and KIND_ORDER[rep["kind"]] < KIND_ORDER[row["kind"]]):
+        return False
+    failing, rep_failing = ids & failed_ids, other & failed_ids
+    same_failures = len(failing ^ rep_failing) <= NEAR_IDENTICAL * len(failing | rep_failing)
+    inside = len(ids - other) <= NEAR_IDENTICAL * len(ids)
+    return same_failures and inside and rep["controls_with"] <= 2 * row["controls_with"] + 2
+
+
 def _p(p: float) -> str:
     return "p < 1e-9" if p < 1e-9 else f"p = {p:.1g}"
 
 
-def summary(failure: str, rows: list[dict[str, Any]], failures: int, controls: int) -> str:
-    """One plain-English sentence from the numbers."""
+def summary(
+    failure: str,
+    rows: list[dict[str, Any]],
+    failures: int,
+    controls: int,
+    clusters: dict[str, Any] | None = None,
+    place: dict[str, Any] | None = None,
+) -> str:
+    """Plain English from the numbers: the strongest finding first, whatever its kind
+    (a feature of the turn, failures clustering, or failures coming late), and the other
+    significant ones after it, each said for what it is."""
     label = {"any": "a failure", "server": "a server-class failure"}.get(failure, failure)
     if failures == 0:
         return f"No {label} in these captures ({controls} healthy responses)."
-    top = rows[0] if rows else None
-    if top is None or not top["significant"]:
+    findings: list[tuple[float, str]] = []
+    # Position and clustering are said as such, below, not as features of the turn.
+    top = next((r for r in rows if not r["feature"].startswith(POSITION) and r["feature"] != PREVIOUS_FAILED), None)
+    feature = top is not None and top["significant"]
+    if top is not None and feature:
+        healthy = top["controls_with"] / controls if controls else 0.0
+        findings.append(
+            (
+                top["p_value"],
+                f"{label} followed {top['feature']} in {top['failures_with']} of {failures} failures, "
+                f"against {healthy:.0%} of healthy responses; {_p(top['p_value'])}.",
+            )
+        )
+    if clusters is not None and clusters["significant"]:
+        kept = clusters["sessions_kept_failing"]
+        findings.append(
+            (
+                clusters["p_value"],
+                f"Failures cluster: right after {label} the next turn failed {clusters['after_failure']} of "
+                f"{clusters['of']} times, against {clusters['after_success']} of {clusters['of2']} after a healthy "
+                f"response ({_p(clusters['p_value'])}), and {kept} of {clusters['of_sessions']} sessions kept "
+                "failing after their first failure: the server stays broken, whatever the client sends.",
+            )
+        )
+    if place is not None and place["significant"]:
+        findings.append(
+            (
+                place["p_value"],
+                f"{label} comes late in sessions: {place['feature']} in {place['failures_with']} of "
+                f"{place['of']} failures against {place['controls_with']} of {place['of2']} healthy responses "
+                f"({_p(place['p_value'])}); that is position in the session, not something the client sent.",
+            )
+        )
+    if not findings:
         return (
             f"Nothing stands out: no feature is significantly more common before the {failures} "
             f"failures ({label}) than before the {controls} healthy responses."
         )
-    healthy = top["controls_with"] / controls if controls else 0.0
-    return (
-        f"{label} followed {top['feature']} in {top['failures_with']} of {failures} failures, "
-        f"against {healthy:.0%} of healthy responses; {_p(top['p_value'])}."
+    # A feature significant within the strata already holds position and clustering fixed:
+    # it leads; else the stronger of clustering and position does.
+    lead, *others = (
+        [text for _, text in findings[:1] + sorted(findings[1:])] if feature else [text for _, text in sorted(findings)]
     )
+    return " ".join([lead] + [f"Also: {text[0].lower()}{text[1:]}" for text in others])

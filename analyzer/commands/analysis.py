@@ -34,6 +34,7 @@ from analyzer.cliutil import (
     help="How far back a window reaches in time.",
 )
 @click.option("--window-events", type=click.IntRange(min=1), default=50, show_default=True, help="...and in messages.")
+@click.option("--first-failures-only", is_flag=True, help="Keep only each session's first failure.")
 @replays_option
 @click.option("--strict", is_flag=True, help="Exit 1 when a feature is significant (for CI).")
 @output_options
@@ -42,20 +43,26 @@ def precursors(
     failure: str,
     window_seconds: float,
     window_events: int,
+    first_failures_only: bool,
     include_replays: bool,
     strict: bool,
     fmt: str | None,
     output: Path | None,
     captures: Path,
 ) -> None:
-    """Find what precedes failures: features of the messages before failing responses that
-    are rare before healthy ones, with a one-sided Fisher test, Holm-adjusted.
+    """Find what precedes failures: what the turns before failing responses had that the
+    turns before healthy ones did not.
 
-    A failure's window ends just before its response.created (so nothing the failure
-    caused can look like a cause) and reaches back --window-seconds and --window-events.
-    Features: event types, adjacent pairs of types, scalar fields of client events, and
-    binned measures (audio chunk ms, events per second, session age, gap since the last
-    server message, conversation items, input tokens). Significant: p < 0.001.
+    Each response's window holds the events since the previous response ended, up to its
+    response.created (capped by --window-seconds and --window-events): one turn, none of
+    its neighbours. Features: event types, adjacent pairs of types, scalar fields of
+    client events, and measures cut at thresholds taken from the data (audio chunk ms,
+    events per second, gap since the last server message, and as context the turn index,
+    session age, conversation items, the previous response's input tokens and whether
+    it failed). Each is tested one-sided and exactly within bands of position in the
+    session and of whether the previous response failed, Holm-adjusted; significant:
+    p < 0.001. Failures that come late in sessions (position) and failures that follow
+    failures (clustering) are reported as findings of their own, before the features.
 
     \b
     Example:
@@ -64,7 +71,14 @@ def precursors(
     from analyzer.precursors import analyse
 
     opened = open_captures_for_cli(captures, include_replays)
-    document = library(analyse, opened, failure=failure, window_seconds=window_seconds, window_events=window_events)
+    document = library(
+        analyse,
+        opened,
+        failure=failure,
+        window_seconds=window_seconds,
+        window_events=window_events,
+        first_failures_only=first_failures_only,
+    )
     if document["failures"] == 0:  # nothing to compare: say so rather than print an empty table
         raise Failure(document["summary"])
     emit_document(document, "features", fmt, output)

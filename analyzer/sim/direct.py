@@ -88,6 +88,19 @@ class DirectConnection:
             elif wake is not None:
                 self._schedule(wake, process)
 
+    def idle(self, seconds: float) -> None:
+        """The client does nothing for ``seconds``: the server's own doings in that time
+        happen (its events wait, unread, for the next :meth:`wait_for`)."""
+        until = self.now + seconds
+        while self._queue and self._queue[0][0] <= until and not self.ended:
+            self.now, _, process = heapq.heappop(self._queue)
+            wake = next(process, None)
+            if wake == _PARK:
+                self._parked = process
+            elif wake is not None:
+                self._schedule(wake, process)
+        self.now = max(self.now, until)
+
     def close(self, code: int = 1000, reason: str = "") -> None:
         """The client closes the connection (nothing happens if it has ended already)."""
         self._end("client", code, reason)

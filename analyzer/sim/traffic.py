@@ -191,13 +191,15 @@ def record_direct(
     url: str = DIRECT_URL,
     turns: tuple[int, int] = (3, 6),
     late: float = 0.0,
+    think: float = 0.0,
 ) -> None:
     """Record ``sessions`` varied sessions into ``root`` as :func:`record` does, without
     a socket: each runs on a fake clock in simulated real time (a response takes its
     seconds on the clock, none on the wall), and is recorded as the proxy records (recorder
     ``proxy``). With the same seed and faults that do not look at time, the sessions say
     what :func:`record` with ``parallel=1`` has them say. ``turns`` and ``late`` shape the
-    client (see :func:`client`)."""
+    client (see :func:`client`); with ``think``, the user pauses up to that many seconds
+    before each turn after the first (drawn apart, so the client's script is unchanged)."""
     simulator = Simulator(faults, seed=seed)
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -208,10 +210,11 @@ def record_direct(
         )
         connection = DirectConnection(session, recorder)
         connection.open()
-        _direct_session(connection, client(random.Random(f"{seed}/{n}"), turns, late))
+        pauses = random.Random(f"{seed}/{n}/think") if think else None
+        _direct_session(connection, client(random.Random(f"{seed}/{n}"), turns, late), pauses, think)
 
 
-def _direct_session(connection: DirectConnection, script: Client) -> None:
+def _direct_session(connection: DirectConnection, script: Client, pauses: random.Random | None, think: float) -> None:
     try:
         if connection.wait_for(lambda event: True) is None:  # session.created
             return
@@ -223,6 +226,8 @@ def _direct_session(connection: DirectConnection, script: Client) -> None:
             if done is None:
                 return
             batch = script.send(done)
+            if pauses is not None:
+                connection.idle(pauses.uniform(0, think))
     except StopIteration:
         pass
     finally:

@@ -117,6 +117,18 @@ def run(
         document = found["precursors"] = analyse(captures)
         say("\n4. What precedes server_error (rtcap precursors):")
         say(f"   {document['summary']}")
+        clusters, place = document["clustering"], document["position"]
+        say(
+            f"   Failures after failures: {clusters['after_failure']} of {clusters['of']} turns right after a failure "
+            f"failed, {clusters['after_success']} of {clusters['of2']} after a healthy response "
+            f"({'clustered' if clusters['significant'] else 'no clustering'})."
+        )
+        if place is not None:
+            say(
+                f"   Position: {place['feature']} in {place['failures_with']} of {place['of']} failures, "
+                f"{place['controls_with']} of {place['of2']} healthy responses "
+                f"({'failures come late' if place['significant'] else 'no position effect'})."
+            )
         say(_table(document["features"][:5]))
 
         examples = document["features"][0]["examples"] if document["features"] else []

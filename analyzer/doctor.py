@@ -49,6 +49,10 @@ ADVICE = {
     "rate limits": "Slow down or spread load before the remaining rate limit reaches zero.",
     "retries": "Retry a failed response with exponential backoff, not at once.",
     "reconnects": "Reconnect with backoff after an abnormal close, and find out why it closed.",
+    "repeat failures": (
+        "After a server error a session can stay broken (reported on Azure: every later response fails): "
+        "start a new session instead of asking again in the same one, and report the session id."
+    ),
 }
 PCM16_FORMATS = [fmt for fmt in events.BYTES_PER_MS if fmt not in events.SILENCE_BYTE]
 """The formats whose samples are 16 bits (the G.711 ones are 8)."""
@@ -131,6 +135,13 @@ def _checks(captures: Captures, session_id: str | None) -> list[dict[str, str]]:
             params,
         ).to_pylist()
     }
+    outcomes: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for row in captures.sql(
+        f"SELECT session_id, created_seq, status FROM responses WHERE session_id IN ({chosen}) "
+        "AND created_seq IS NOT NULL ORDER BY session_id, created_seq",
+        params,
+    ).to_pylist():
+        outcomes[row["session_id"]].append((row["created_seq"], row["status"]))
     failures = defaultdict(list)
     for row in captures.sql(
         f"""
@@ -154,9 +165,33 @@ def _checks(captures: Captures, session_id: str | None) -> list[dict[str, str]]:
             _age(sid, started, ended, expires, found),
             _rate_limits(sid, found),
             _retries(sid, found, failures[sid]),
+            _repeat_failures(sid, outcomes[sid]),
         ]
     out += _reconnects(captures, [s[0] for s in sessions])
     return out
+
+
+def _repeat_failures(sid: str, responses: list[tuple[int, str]]) -> dict[str, str]:
+    """Failures that follow failures: the session-level face of precursors' clustering."""
+    statuses = [status for _, status in responses]
+    if events.FAILED not in statuses:
+        return _row(sid, "repeat failures", "pass", "no failed response")
+    first = statuses.index(events.FAILED)
+    later = statuses[first + 1 :]
+    seq = responses[first][0]
+    if len(later) >= 2 and all(status == events.FAILED for status in later):
+        return _row(
+            sid,
+            "repeat failures",
+            "fail",
+            f"every response after the first failure (response at seq {seq}) failed: {len(later)} of {len(later)}",
+        )
+    repeats = [responses[i + 1][0] for i in range(len(statuses) - 1) if statuses[i] == statuses[i + 1] == "failed"]
+    if repeats:
+        return _row(
+            sid, "repeat failures", "warn", f"a failed response right after a failed one (seq {_seqs(repeats)})"
+        )
+    return _row(sid, "repeat failures", "pass", "no failed response followed a failed one")
 
 
 def _audio_format(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:

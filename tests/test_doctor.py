@@ -186,3 +186,36 @@ def test_a_reconnect_is_found_when_doctor_is_asked_about_that_session_alone(tmp_
     [row] = [r for r in json.loads(result.stdout) if r["check"] == "reconnects"]
     assert row["session_id"] == second and row["status"] == "warn"
     assert "closed abnormally (1006)" in row["evidence"]
+
+
+# -- repeat failures ------------------------------------------------------------------------
+
+
+def healthy_response(at: float) -> list[tuple[float, int, Any]]:
+    return [
+        (at, SENT, {"type": "response.create"}),
+        (at + 0.05, RECEIVED, {"type": "response.created", "response": {"id": f"resp_{at}"}}),
+        (at + 0.5, RECEIVED, {"type": "response.done", "response": {"id": f"resp_{at}", "status": "completed"}}),
+    ]
+
+
+REPEAT_CASES = {
+    "no failure": ([*healthy_response(1), *healthy_response(3)], "pass"),
+    "one failure, then healthy": ([*failed_response(1), *healthy_response(3), *healthy_response(5)], "pass"),
+    "a failure right after a failure, then healthy": (
+        [*failed_response(1), *failed_response(3), *healthy_response(5)],
+        "warn",
+    ),
+    "every response after the first failure failed": (
+        [*healthy_response(1), *failed_response(3), *failed_response(5), *failed_response(7)],
+        "fail",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REPEAT_CASES)
+def test_a_session_that_keeps_failing_is_flagged(tmp_path: Path, case: str) -> None:
+    messages, expected = REPEAT_CASES[case]
+    session_id = write(tmp_path, messages)
+    got, evidence = status(tmp_path, session_id, "repeat failures")
+    assert got == expected, evidence

@@ -170,3 +170,19 @@ def test_the_demo_suggests_commands_that_run(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # activated
     assert program(str(script)) == "rtcap"
     assert program("/usr/lib/python3/pytest") == "rtcap"
+
+
+def test_replay_of_a_failure_the_recording_lacks_says_so(session: Path, captures: Path) -> None:
+    result = run(
+        "replay", session.stem, "--failure", "no_such_error", "--to", "ws://127.0.0.1:9", "--captures", str(captures)
+    )
+    assert result.exit_code == 1
+    assert result.stderr == "rtcap: error: the recording has no no_such_error to reproduce (try --failure any)\n"
+    assert not list(captures.rglob("*.msgpack"))[1:]  # nothing was replayed, so nothing recorded
+
+
+def test_a_bad_memory_limit_is_one_usage_error(session: Path, captures: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RTCAP_MEMORY_LIMIT", "abc")
+    result = run("sessions", "--captures", str(captures))
+    assert result.exit_code == 2
+    assert result.stderr == "rtcap: error: bad RTCAP_MEMORY_LIMIT 'abc': use a size such as 512MB or 2GB\n"

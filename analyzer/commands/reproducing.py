@@ -87,7 +87,7 @@ def replay(
     Example:
       rtcap replay 20261126T0016015 --to ws://127.0.0.1:8766 --repeat 5 --pace asap
     """
-    from analyzer.reproduce.replay import run, shown_url
+    from analyzer.reproduce.replay import run, shown_url, target_failure
 
     for header in headers:
         if ":" not in header:
@@ -95,6 +95,8 @@ def replay(
     if to is not None and not to.startswith(("ws://", "wss://")):
         raise BadUsage(f"--to must be a ws:// or wss:// URL, not {shown_url(to)!r}")
     capture = load(captures, session)
+    if target_failure(capture, failure) is None:
+        raise Failure(f"the recording has no {failure} to reproduce (try --failure any)")
     try:
         document = run(
             capture,

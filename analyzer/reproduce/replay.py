@@ -193,6 +193,14 @@ async def replay(
     return {"session_id": recorder.session_id, "received": received, "end": end, "notes": pacer.notes}
 
 
+def target_failure(capture: Capture, failure: str) -> events.Failure | None:
+    """The recording's first failure of kind ``failure`` (what a replay tries to bring back)."""
+    # The end counts: a connection dropped during a response is a failure, as in the
+    # failures view, and the replay's own end is judged the same way.
+    found = events.failures(recorded_events(capture), capture.end)
+    return next((f for f in found if events.failure_matches(f, failure)), None)
+
+
 def run(
     capture: Capture,
     *,
@@ -219,9 +227,7 @@ def run(
         raise InvalidURI(shown, e.msg) from None
     headers, protocols = connection_headers(capture, url, extra_headers)
     recorded = recorded_events(capture)
-    # The end counts: a connection dropped during a response is a failure, as in the
-    # failures view, and the replay's own end is judged the same way.
-    target = next((f for f in events.failures(recorded, capture.end) if events.failure_matches(f, failure)), None)
+    target = target_failure(capture, failure)
     expected_shape = shape(recorded)
     entries = []
     lost = 0  # replays that did not reproduce it, having left the recording before it

@@ -16,7 +16,8 @@ A message record is ``[1, seq, t_ns, direction, opcode, payload, splices, flags]
 - ``opcode``: 1 text, 2 binary;
 - ``payload``: the message's bytes, with each base64 audio string cut out;
 - ``splices``: ``None`` or a list of ``[offset, audio]`` where ``audio`` is the
-  decoded bytes, or ``[offset, byte_count, fill_byte]`` when audio was not stored;
+  decoded bytes, or ``[offset, byte_count, fill_byte]`` when audio was not stored (at
+  most :data:`~recorder.records.MAX_DROPPED_AUDIO` bytes a message);
 - ``flags``: ``REDACTED`` and ``AUDIO_DROPPED`` bits.
 
 Rebuilding a message puts the base64 of each audio back at its offset, which gives
@@ -25,8 +26,12 @@ the original bytes exactly (audio is only cut out when its base64 round-trips).
 Both readers, :func:`read_capture` (objects) and :func:`read_columns` (columns, for the
 index), take one path: frames, raw records, migration of each raw record from the
 header's version to :data:`FORMAT_VERSION` (:data:`MIGRATIONS`), validation
-(:data:`DECODERS`), then objects or columns. Only the header's place and its ``format``
-field are fixed across versions: everything else may change, with a migration.
+(:data:`DECODERS`, then :mod:`recorder.records` for the fields of header and end records),
+then objects or columns. Only the header's place and its ``format`` field are fixed across
+versions: everything else may change, with a migration.
+
+Readers open only regular files, never through a symbolic link, and their time and memory
+stay linear in the file's size whatever it holds.
 """
 
 from __future__ import annotations
@@ -37,13 +42,20 @@ import fcntl
 import functools
 import mmap
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgpack
+
+from . import records
+from .crc import SliceCRC
+from .records import AUDIO_DROPPED, BINARY, MESSAGE, REDACTED, TEXT
+from .records import RECEIVED as RECEIVED
+from .records import SENT as SENT
 
 try:
     from pybase64 import b64encode
@@ -59,17 +71,16 @@ SYNC = b"\xc1RTC"
 _FRAME = struct.Struct("<4sII")
 FRAME_OVERHEAD = _FRAME.size
 
-MESSAGE = 1
-SENT, RECEIVED = 0, 1
-TEXT, BINARY = 1, 2
-REDACTED = 1
-AUDIO_DROPPED = 2
-
 DIRECTIONS = ("sent", "received")
 OPCODES = {TEXT: "text", BINARY: "binary"}
 
 MAX_RECORD = 1 << 31
 """Largest body a frame may announce; anything larger is treated as corruption."""
+
+WASTE_ALLOWANCE = 1 << 20
+"""How many bytes of failed checksums (beyond the file's own size) a reader computes the
+plain way before it switches to :class:`~recorder.crc.SliceCRC`, which checks a frame in
+time logarithmic in its length: damage as it happens never gets there, a crafted file does."""
 
 
 class CaptureError(Exception):
@@ -173,6 +184,7 @@ class Message:
     opcode: str
     payload: bytes
     splices: list[list[Any]] | None
+    """``[offset, audio]`` each, or ``[offset, byte_count, fill_byte]`` if audio was dropped."""
     flags: int
 
     @property
@@ -191,7 +203,7 @@ class Message:
             return self.payload
         parts = []
         start = 0
-        for offset, audio in self.splices:
+        for (offset, *_), audio in zip(self.splices, self.audio(), strict=True):
             parts.append(self.payload[start:offset])
             parts.append(b64encode(audio))
             start = offset
@@ -199,7 +211,10 @@ class Message:
         return b"".join(parts)
 
     def audio(self) -> list[bytes]:
-        """The decoded audio chunks this message carried, in order."""
+        """The decoded audio chunks this message carried, in order (silence where its
+        audio was dropped: rebuilt here, on demand, so that reading stays small)."""
+        if self.audio_dropped:
+            return [bytes([fill]) * count for _, count, fill in self.splices or ()]
         return [audio for _, audio in self.splices or ()]
 
 
@@ -223,17 +238,32 @@ class Capture:
 def iter_frames(data: bytes | mmap.mmap, start: int = 0) -> Iterator[tuple[int, bytes | None, int]]:
     """Yield ``(offset, body, 0)`` for each intact frame from byte ``start`` on, and
     ``(offset, None, n)`` for each run of ``n`` bytes that had to be skipped (a torn tail
-    included). Offsets count from the beginning of ``data``."""
+    included). Offsets count from the beginning of ``data``. Time is linear in the size
+    of ``data`` (see :data:`WASTE_ALLOWANCE`)."""
     size = len(data)
     pos = start
     unpack_from, crc32 = _FRAME.unpack_from, zlib.crc32
+    # A frame that fails its checksum may still hide intact ones inside it, so the search
+    # resumes just past its start: checking overlapping frames one by one could cost the
+    # square of the file's size, hence the switch to SliceCRC once that shows.
+    wasted, allowance = 0, size - start + WASTE_ALLOWANCE
+    sliced: SliceCRC | None = None
     while pos < size:
         if size - pos >= FRAME_OVERHEAD:
             sync, length, crc = unpack_from(data, pos)
             end = pos + FRAME_OVERHEAD + length
-            if sync == SYNC and length < MAX_RECORD and end <= size:
-                body = data[pos + FRAME_OVERHEAD : end]
-                if crc32(body) == crc:
+            if sync == SYNC and length < MAX_RECORD and end <= size:  # else it cannot be intact
+                if sliced is None:
+                    body = data[pos + FRAME_OVERHEAD : end]
+                    intact = crc32(body) == crc
+                    if not intact:
+                        wasted += length
+                        if wasted > allowance:
+                            sliced = SliceCRC(data, pos, _frame_bounds(data, pos))
+                else:
+                    intact = sliced.crc(pos + FRAME_OVERHEAD, end) == crc
+                    body = data[pos + FRAME_OVERHEAD : end] if intact else b""
+                if intact:
                     yield pos, body, 0
                     pos = end
                     continue
@@ -243,52 +273,25 @@ def iter_frames(data: bytes | mmap.mmap, start: int = 0) -> Iterator[tuple[int, 
         pos = nxt
 
 
-def _valid_message(record: Any) -> bool:
-    """Whether a record is a well-formed message in the in-memory layout (a CRC does not
-    prove it: bytes can frame correctly and still not be one of ours)."""
-    if not (type(record) is list and len(record) == 8 and record[0] == MESSAGE):
-        return False
-    _, seq, t_ns, direction, opcode, payload, splices, flags = record
-    return (
-        type(seq) is int
-        and type(t_ns) is int
-        and direction in (SENT, RECEIVED)
-        and opcode in OPCODES
-        and type(payload) is bytes
-        and type(flags) is int
-        and (splices is None or _valid_splices(splices, flags, len(payload)))
-    )
-
-
-def _valid_splices(splices: Any, flags: int, size: int) -> bool:
-    if type(splices) is not list:
-        return False
-    if flags & AUDIO_DROPPED:
-        return all(_is_dropped_splice(s, size) for s in splices)
-    for splice in splices:  # the common case, checked without a call per splice
-        if not (type(splice) is list and len(splice) == 2 and type(splice[0]) is int):
-            return False
-        if not (0 <= splice[0] <= size and type(splice[1]) is bytes):
-            return False
-    return True
-
-
-def _is_dropped_splice(splice: Any, size: int) -> bool:
-    return (
-        isinstance(splice, list)
-        and len(splice) == 3
-        and all(type(v) is int for v in splice)
-        and 0 <= splice[0] <= size
-        and 0 <= splice[1] < MAX_RECORD
-        and 0 <= splice[2] <= 255
-    )
+def _frame_bounds(data: bytes | mmap.mmap, pos: int) -> Iterator[int]:
+    """The offsets where the body of every frame that may be intact from ``pos`` on starts
+    and ends: what :class:`~recorder.crc.SliceCRC` needs for :func:`iter_frames`."""
+    size = len(data)
+    pos = data.find(SYNC, pos)
+    while 0 <= pos <= size - FRAME_OVERHEAD:
+        _, length, _ = _FRAME.unpack_from(data, pos)
+        end = pos + FRAME_OVERHEAD + length
+        if length < MAX_RECORD and end <= size:
+            yield pos + FRAME_OVERHEAD
+            yield end
+        pos = data.find(SYNC, pos + 1)
 
 
 def _decode_v1(record: Any) -> Any:
     # Version 1 writes messages in the in-memory layout: a valid one is returned as it is,
     # which keeps the index's hot loop free of any object msgpack did not make.
     if type(record) is list:
-        return record if _valid_message(record) else None
+        return record if records.valid_message(record) else None
     if type(record) is dict and record.get("kind") in ("header", "end"):
         return record
     return None
@@ -397,12 +400,14 @@ def _records(data: bytes | mmap.mmap, start: int, locked: bool, scan: _Scan, pat
         if want_header:
             want_header = False
             if is_header:
+                problems.extend(records.check_fields(record, records.HEADER_FIELDS, "header"))
                 scan.header = record
                 continue
             problems.append("no header record")
         if type(record) is list:
             yield record
         elif record.get("kind") == "end" and scan.end is None:
+            problems.extend(records.check_fields(record, records.END_FIELDS, "end"))
             scan.end = record
         else:
             problems.append(f"skipped a malformed record at offset {offset}")
@@ -412,8 +417,6 @@ def _records(data: bytes | mmap.mmap, start: int, locked: bool, scan: _Scan, pat
 
 def _message(record: list[Any]) -> Message:
     _, seq, t_ns, direction, opcode, payload, splices, flags = record
-    if splices is not None and flags & AUDIO_DROPPED:
-        splices = [[off, bytes([fill]) * count] for off, count, fill in splices]
     return Message(seq, t_ns, DIRECTIONS[direction], OPCODES[opcode], payload, splices, flags)
 
 
@@ -454,13 +457,34 @@ def is_locked(fd: int) -> bool:
     return False
 
 
+def open_capture(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open a capture file for reading: a regular file only, never through a symbolic
+    link, and never waiting (a FIFO named like a capture would block an ordinary open, a
+    device could do anything). Raises :class:`CaptureError` for anything else, or
+    ``OSError`` when the file cannot be opened."""
+    before = os.lstat(path)
+    if not stat.S_ISREG(before.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(before.st_mode) else "not a regular file"
+        raise CaptureError(f"cannot read {path}: {kind}")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino) or not stat.S_ISREG(opened.st_mode):
+            raise CaptureError(f"cannot read {path}: replaced while being opened")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_capture(path: str | os.PathLike[str], max_messages: int | None = None) -> Capture:
     """Read a capture file. Raises only :class:`CaptureError`, for a file that cannot be
-    opened or whose format is newer than this reader; damage is reported, not raised.
-    ``max_messages`` reads only the first messages (their state is then not judged)."""
+    opened (or is not a regular file: see :func:`open_capture`) or whose format is newer
+    than this reader; damage is reported, not raised. ``max_messages`` reads only the
+    first messages (their state is then not judged)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_capture(path) as f:
             locked = is_locked(f.fileno())
             size = os.fstat(f.fileno()).st_size
             if size == 0:
@@ -516,7 +540,7 @@ def read_columns(path: str | os.PathLike[str], start: int = 0, *, version: int |
     read reported in :attr:`Columns.version`; the default is the current version."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_capture(path) as f:
             locked = is_locked(f.fileno())
             size = os.fstat(f.fileno()).st_size
             if size <= start:  # nothing new, and an empty file cannot be mapped

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from analyzer.export import export_rows
 from analyzer.views import open_captures
-from recorder import capture
+from recorder import capture, records
 from recorder.capture import CaptureError, parse, parse_columns, read_capture, read_columns
 
 DATA = Path(__file__).parent / "data"
@@ -49,7 +49,7 @@ def decode_v2(record: Any) -> Any:
         if record.keys() != {"k", *V2_FIELDS}:
             return None
         fields = [capture.MESSAGE, *(record[name] for name in V2_FIELDS)]
-        return fields if capture._valid_message(fields) else None
+        return fields if records.valid_message(fields) else None
     if type(record) is dict and record.get("kind") in ("header", "end"):
         return record
     return None

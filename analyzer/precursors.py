@@ -73,6 +73,9 @@ class Window:
     """How the previous response ended: ``failed`` (a failure of the kind analysed),
     ``completed``, another status, or ``None`` for the session's first turn."""
     previous_tokens: int | None
+    previous_done_t: float | None
+    """When the previous response ended (the last server message before the window,
+    unless the window holds one)."""
     features: set[str] = dataclasses.field(default_factory=set)
     measures: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -85,7 +88,7 @@ class Window:
 def turns(captures: Captures, failure: str, first_failures_only: bool = False) -> list[Window]:
     """Every turn with a failure of kind ``failure`` or a completed response, in order."""
     responses = captures.sql(
-        "SELECT session_id, response_id, created_seq, created_t_s, done_seq, status, input_tokens "
+        "SELECT session_id, response_id, created_seq, created_t_s, done_seq, done_t_s, status, input_tokens "
         "FROM responses WHERE created_seq IS NOT NULL ORDER BY session_id, created_seq"
     ).to_pylist()
     failed: set[tuple[str, str]] = set()
@@ -111,6 +114,7 @@ def turns(captures: Captures, failure: str, first_failures_only: bool = False) -
         dones: list[int] = []
         previous: str | None = None
         previous_tokens: int | None = None
+        previous_done_t: float | None = None
         index = 0
         seen_failure = False
         for end_seq, is_loose, row in sorted(items, key=lambda item: (item[0], item[1])):
@@ -125,7 +129,18 @@ def turns(captures: Captures, failure: str, first_failures_only: bool = False) -
             keep = outcome is not None and not (outcome and first_failures_only and seen_failure)
             if keep:
                 out.append(
-                    Window(len(out), session_id, bool(outcome), index, start, end_seq, end_t, previous, previous_tokens)
+                    Window(
+                        len(out),
+                        session_id,
+                        bool(outcome),
+                        index,
+                        start,
+                        end_seq,
+                        end_t,
+                        previous,
+                        previous_tokens,
+                        previous_done_t,
+                    )
                 )
             seen_failure |= bool(outcome)
             if not is_loose:
@@ -134,6 +149,7 @@ def turns(captures: Captures, failure: str, first_failures_only: bool = False) -
                 previous_tokens = row["input_tokens"]
                 if row["done_seq"] is not None:
                     dones.append(row["done_seq"])
+                    previous_done_t = row["done_t_s"]
     return out
 
 
@@ -173,21 +189,15 @@ def describe(captures: Captures, found: list[Window], seconds: float, events: in
     context = captures.sql(
         f"""
         WITH w AS ({table}), items AS (
-            SELECT session_id, seq,
-                   count(*) FILTER (WHERE type IN (SELECT unnest(?::VARCHAR[])))
-                       OVER (PARTITION BY session_id ORDER BY seq) AS items
-            FROM events
-        ), server AS (
-            SELECT session_id, seq, t_s FROM events WHERE direction = ?
-        ), with_items AS (
-            SELECT w.id, w.session_id, w.end_seq, coalesce(i.items, 0) AS items
-            FROM w ASOF LEFT JOIN items i ON i.session_id = w.session_id AND w.end_seq > i.seq
+            -- the Nth item added is the conversation's Nth: the last one before a window counts them
+            SELECT session_id, seq, row_number() OVER (PARTITION BY session_id ORDER BY seq) AS items
+            FROM events WHERE list_contains(?::VARCHAR[], type)
         )
-        SELECT x.id, x.items, s.t_s AS last_server_t
-        FROM with_items x ASOF LEFT JOIN server s ON s.session_id = x.session_id AND x.end_seq > s.seq
-        ORDER BY x.id
+        SELECT w.id, coalesce(i.items, 0) AS items
+        FROM w ASOF LEFT JOIN items i ON i.session_id = w.session_id AND w.end_seq > i.seq
+        ORDER BY w.id
         """,
-        [*params, list(protocol.ITEM_ADDED), protocol.RECEIVED],
+        [*params, list(protocol.ITEM_ADDED)],
     ).to_pylist()
     for window, row in zip(found, context, strict=True):
         measures = window.measures
@@ -196,8 +206,8 @@ def describe(captures: Captures, found: list[Window], seconds: float, events: in
         measures["conversation_items"] = row["items"]
         if window.previous_tokens is not None:
             measures["input_tokens"] = window.previous_tokens
-        if row["last_server_t"] is not None:
-            measures["gap_since_server_s"] = window.end_t - row["last_server_t"]
+        if window.previous_done_t is not None:  # a server message in the window overrides it below
+            measures["gap_since_server_s"] = window.end_t - window.previous_done_t
         if window.previous == "failed":
             window.features.add(PREVIOUS_FAILED)
     by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -222,6 +232,7 @@ def describe(captures: Captures, found: list[Window], seconds: float, events: in
 
 def _window_features(window: Window, rows: list[dict[str, Any]], fields: dict[str, dict[str, set[int]]]) -> None:
     client_times: list[float] = []
+    last_server_t: float | None = None
     largest_chunk: float | None = None
     kinds: list[tuple[int, str | None]] = []
     for row in rows:
@@ -234,6 +245,10 @@ def _window_features(window: Window, rows: list[dict[str, Any]], fields: dict[st
                 largest_chunk = max(largest_chunk or 0.0, row["audio_ms"])
             if row["payload"]:
                 _fields(window.id, name, row["payload"], fields)
+        else:
+            last_server_t = row["t_s"]
+    if last_server_t is not None:
+        window.measures["gap_since_server_s"] = window.end_t - last_server_t
     names = [str(name) for _, name in protocol.collapse(kinds)]
     for first, second in zip(names, names[1:], strict=False):
         window.features.add(f"{first} -> {second}")

@@ -78,7 +78,9 @@ LEFT JOIN audio a USING (session_id, response_id)
 LEFT JOIN _manifest m USING (session_id);
 
 CREATE TEMP VIEW failures AS
-WITH errors AS (
+WITH r_all AS MATERIALIZED (  -- computed once, not once for each use below
+    SELECT * FROM responses
+), errors AS (
     SELECT e.session_id, e.seq, e.t_ns / 1e9 AS t_s, '{events.ERROR}' AS source,
            {_error("type", events.ERROR_PATH)} AS error_type,
            {_error("code", events.ERROR_PATH)} AS code,
@@ -86,7 +88,7 @@ WITH errors AS (
            -- the response in progress: the latest started and not yet done
            arg_max(r.response_id, r.created_seq) AS response_id
     FROM _events e
-    LEFT JOIN responses r ON r.session_id = e.session_id AND r.created_seq < e.seq
+    LEFT JOIN r_all r ON r.session_id = e.session_id AND r.created_seq < e.seq
                          AND coalesce(r.done_seq, 9223372036854775807) > e.seq
     WHERE e.type = '{events.ERROR}'
     GROUP BY e.session_id, e.seq, e.t_ns, e.payload
@@ -96,13 +98,13 @@ WITH errors AS (
            {_error("code", events.RESPONSE_ERROR_PATH)} AS code,
            {_error("message", events.RESPONSE_ERROR_PATH)} AS message,
            r.response_id
-    FROM responses r JOIN _events e ON e.session_id = r.session_id AND e.seq = r.done_seq
-    WHERE r.status = '{events.FAILED}'
+    FROM r_all r JOIN _events e ON e.session_id = r.session_id AND e.seq = r.done_seq
+    WHERE r.status = '{events.FAILED}' AND e.type = '{events.RESPONSE_DONE}'
 ), dropped AS (
     SELECT r.session_id, NULL::BIGINT AS seq, coalesce(m.end_t_ns, m.last_t_ns) / 1e9 AS t_s, 'close' AS source,
            '{events.CONNECTION_CLOSED}' AS error_type, CAST(m.close_code AS VARCHAR) AS code,
            coalesce(m.end_error, '{events.DROPPED_MESSAGE}') AS message, r.response_id
-    FROM responses r JOIN _manifest m USING (session_id)
+    FROM r_all r JOIN _manifest m USING (session_id)
     WHERE r.status = '{events.DROPPED}' AND m.end_t_ns IS NOT NULL AND rtcap_abnormal_close(m.close_code)
 ), handshake AS (
     SELECT session_id, NULL::BIGINT AS seq, 0.0 AS t_s, '{events.HANDSHAKE}' AS source,

@@ -7,7 +7,14 @@ incremental: a new capture is read, a grown one from where it was left, a change
 again, an unchanged one not at all, a deleted one dropped (its rows cut out of its
 segments). Several processes may update at once: an exclusive lock on ``.rtcap/lock``
 serialises them, and every file is replaced atomically, so a reader sees the old index or
-the new one.
+the new one. A reader holds the shared lock while it reads, so no segment it was told of
+goes away under it: the manifest is written before the segments it no longer names are
+removed, under the exclusive lock.
+
+The index never follows a symbolic link: a ``.rtcap`` that is one is not used (the index
+goes to the cache directory instead), captures and day directories that are links are not
+read, and every file it writes is created where it is, never through a link. Only regular
+files are read as captures; anything else named like one is listed as damaged, unread.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,9 +36,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recorder import events
-from recorder.capture import CaptureError, Columns, make_private_dirs, read_columns
+from recorder.capture import CaptureError, make_private_dirs
 
 from .locate import capture_files
+from .reading import Job, Read, mark, read_all, started_at
 
 INDEX_VERSION = 5
 PART_ROWS = 200_000  # messages per Parquet segment written at once: bounds memory
@@ -88,32 +98,51 @@ class UpdateReport:
 
 
 def index_dir(root: Path) -> Path:
-    """``<root>/.rtcap``, or a cache directory when the root cannot be written."""
+    """``<root>/.rtcap``, or a cache directory when the root cannot be written or its
+    ``.rtcap`` is not a directory of its own (a symbolic link is never followed: the
+    index would write, and delete, files wherever it points)."""
     local = root / ".rtcap"
-    if local.is_dir() and os.access(local, os.W_OK):
+    try:
+        mode: int | None = os.lstat(local).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError:
+        mode = 0
+    if mode is None and os.access(root, os.W_OK):
         return local
-    if not local.exists() and os.access(root, os.W_OK):
+    if mode is not None and stat.S_ISDIR(mode) and os.access(local, os.W_OK):
         return local
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "rtcap" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
 
 
+def _real_dir(path: Path) -> None:
+    """Create ``path`` 0700 if missing, and make sure it is a directory, not a link to one."""
+    make_private_dirs(path)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise OSError(errno.ENOTDIR, f"{path} is not a directory of rtcap's index (a symbolic link?)")
+
+
 @contextlib.contextmanager
-def _locked(directory: Path, exclusive: bool) -> Iterator[None]:
-    make_private_dirs(directory)
-    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+def _locked(directory: Path, exclusive: bool) -> Iterator[int]:
+    """Hold the index's lock; yields its descriptor (which worker processes must close)."""
+    _real_dir(directory)
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
+        yield fd
     finally:
         os.close(fd)
 
 
-def _mark(path: Path, stop: int) -> bytes:
-    """The bytes just before ``stop``: if they change, the file was rewritten, not grown."""
-    with open(path, "rb") as f:
-        f.seek(max(0, stop - 64))
-        return f.read(min(stop, 64))
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _integer(value: Any, bits: int = 64) -> int | None:
+    """``value`` if it is an integer Arrow can hold in ``bits`` signed bits, else ``None``."""
+    limit = 1 << (bits - 1)
+    return value if type(value) is int and -limit <= value < limit else None
 
 
 def _dialect(header: dict[str, Any]) -> str:
@@ -127,81 +156,15 @@ def _dialect(header: dict[str, Any]) -> str:
     )
 
 
-def _started_at(header: dict[str, Any] | None) -> dt.datetime | None:
-    started = (header or {}).get("started_at")
-    try:
-        return dt.datetime.fromisoformat(started) if isinstance(started, str) else None
-    except ValueError:
-        return None
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-@dataclasses.dataclass
-class _Read:
-    """What was read of one capture, ready to fold into the index (picklable)."""
-
-    header: dict[str, Any] | None
-    end: dict[str, Any] | None
-    problems: list[str]
-    locked: bool
-    columns: Columns
-    audio_ms: list[float | None]
-    session_id: str
-    started: dt.datetime | None
-    messages: int
-    last_t_ns: int | None
-    formats: list[str]
-    size: int
-    mtime_ns: int
-    ino: int
-    stop: int
-    mark: bytes
-
-
-def _read_job(path: Path, start: int, base: dict[str, Any] | None) -> _Read | CaptureError:
-    """Read a capture from ``start``: its columns, and each message's audio duration in
-    the session's format as it was then. Pure Python (no Arrow, no DuckDB), because this
-    runs in forked worker processes."""
-    try:
-        stat = path.stat()
-        cols = read_columns(path, start, version=None if base is None else base["format"])
-    except (CaptureError, OSError) as e:
-        return e if isinstance(e, CaptureError) else CaptureError(f"cannot read {path}: {e}")
-    header = cols.header if base is None else None
-    formats = events.AudioFormats() if base is None else events.AudioFormats(base["format_in"], base["format_out"])
-    audio_ms: list[float | None] = []
-    sides = (events.SENT, events.RECEIVED)
-    for payload, direction, audio in zip(cols.payload, cols.direction, cols.audio_bytes, strict=True):
-        if payload is not None and events.mentions_session(payload):
-            event = events.parse(payload)
-            if event is not None:
-                formats.follow(event)
-        audio_ms.append(formats.ms(audio, sides[direction]) if audio else None)
-    return _Read(
-        header=header,
-        end=cols.end,
-        problems=cols.problems,
-        locked=cols.locked,
-        columns=cols,
-        audio_ms=audio_ms,
-        session_id=str((header or {}).get("session_id") or path.stem) if base is None else base["session_id"],
-        started=_started_at(header) if base is None else base["started_at"],
-        messages=len(cols.seq),
-        last_t_ns=cols.t_ns[-1] if cols.t_ns else None,
-        formats=[formats.of(events.SENT), formats.of(events.RECEIVED)],
-        size=stat.st_size,
-        mtime_ns=stat.st_mtime_ns,
-        ino=stat.st_ino,
-        stop=cols.stop,
-        mark=_mark(path, cols.stop),
-    )
-
-
-def _tables(read: _Read) -> list[pa.Table]:
+def _tables(read: Read) -> list[pa.Table]:
     """A capture's new messages as Arrow tables of at most ``PART_ROWS`` rows."""
     import pyarrow.compute as pc  # only when there is something to read: it is slow to import
 
     cols = read.columns
-    base_us = int(read.started.timestamp() * 1_000_000) if read.started is not None else 0
+    base_us = (read.started - _EPOCH) // dt.timedelta(microseconds=1) if read.started is not None else 0
     tables = []
     for lo in range(0, len(cols.seq), PART_ROWS):
         hi = lo + PART_ROWS
@@ -228,25 +191,6 @@ def _tables(read: _Read) -> list[pa.Table]:
     return tables
 
 
-def _read_all(jobs: list[tuple[Path, str, int, dict[str, Any] | None]]) -> Iterator[_Read | CaptureError]:
-    """Read the captures of ``jobs`` in order: in worker processes when there are many."""
-    workers = min(os.cpu_count() or 1, 8)
-    if len(jobs) < 16 or workers < 2:
-        for path, _, start, base in jobs:
-            yield _read_job(path, start, base)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # fork, not spawn or forkserver: those run the caller's main module again, which a
-    # plain script using the Python API does not expect. The workers run only pure Python
-    # (see _read_job), so the parent's DuckDB and Arrow threads do not matter to them.
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        paths, starts, bases = zip(*[(path, start, base) for path, _, start, base in jobs], strict=True)
-        yield from pool.map(_read_job, paths, starts, bases, chunksize=4)
-
-
 class Index:
     """The index of one capture root."""
 
@@ -259,12 +203,17 @@ class Index:
         self._pending: list[tuple[dict[str, Any], pa.Table]] = []
         self._pending_rows = 0
         self._rows: list[dict[str, Any]] | None = None  # the manifest as the last update left it
+        self._present: set[str] = set()  # the segments on disk when this update began
 
     def manifest(self) -> dict[str, dict[str, Any]]:
-        """The manifest's rows by file (relative to the root)."""
+        """The manifest's rows by file (relative to the root); none if it is missing or
+        unreadable (the index is then built again)."""
         if not self.manifest_path.exists():
             return {}
-        table = pq.read_table(self.manifest_path)
+        try:
+            table = pq.read_table(self.manifest_path)
+        except (OSError, pa.ArrowException):
+            return {}
         if table.schema.metadata is None or table.schema.metadata.get(b"rtcap_index") != str(INDEX_VERSION).encode():
             return {}
         return {row["file"]: row for row in table.to_pylist()}
@@ -272,31 +221,42 @@ class Index:
     def update(self, progress: Callable[[int, int], None] | None = None) -> UpdateReport:
         """Bring the index up to date with the captures on disk."""
         report = UpdateReport()
-        with _locked(self.dir, exclusive=True):
-            make_private_dirs(self.events_dir)
+        with _locked(self.dir, exclusive=True) as lock:
+            _real_dir(self.events_dir)
+            with os.scandir(self.events_dir) as entries:  # a row whose segment is gone is read again
+                self._present = {entry.name for entry in entries if entry.is_file(follow_symlinks=False)}
             old = self.manifest()
             rows: dict[str, dict[str, Any]] = {}
             files = capture_files(self.root) if self.root.is_dir() else []
             jobs = []
             for path in files:
                 rel = str(path.relative_to(self.root))
-                job = self._plan(path, rel, old.get(rel), report)
+                try:
+                    found = os.lstat(path)
+                except FileNotFoundError:
+                    continue  # gone since it was listed: deleted
+                if not stat.S_ISREG(found.st_mode):
+                    rows[rel] = self._unread(path, rel, found, old.get(rel), report)
+                    continue
+                job = self._plan(path, rel, found, old.get(rel), report)
                 if job is None:
                     rows[rel] = old[rel]
                 else:
                     jobs.append(job)
             done = len(rows)
-            for job, result in zip(jobs, _read_all(jobs), strict=True):
-                path, rel, start, base = job
-                if isinstance(result, CaptureError):
-                    report.errors.append(str(result))
-                    if rel in old:
-                        rows[rel] = old[rel]
-                else:
-                    rows[rel] = self._apply(path, rel, old.get(rel), base, result, report)
-                done += 1
-                if progress is not None:
-                    progress(done, len(files))
+            # Closed explicitly, so that worker processes end here even when this fails.
+            with contextlib.closing(read_all(jobs, lock)) as results:
+                for job, result in zip(jobs, results, strict=True):
+                    path, rel, start, base = job
+                    if isinstance(result, CaptureError):
+                        report.errors.append(str(result))
+                        if rel in old:
+                            rows[rel] = old[rel]
+                    else:
+                        rows[rel] = self._apply(path, rel, old.get(rel), base, result, report)
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(files))
             self._flush()
             for rel, row in old.items():
                 if rel not in rows:
@@ -305,36 +265,69 @@ class Index:
             self._compact(rows.values())
             if rows != old:
                 self._write_manifest(list(rows.values()))
+            # Only now that the manifest names none of them may old segments go.
             self._sweep(rows.values())
             self._rows = list(rows.values())
         return report
 
     def _sweep(self, rows: Any) -> None:
-        """Remove part files no manifest row owns (from an older index, or a crash)."""
-        owned = {path.name for path in self._parts(rows)}
-        for part in self.events_dir.glob("*.parquet"):
-            if part.name not in owned:
-                part.unlink(missing_ok=True)
+        """Remove the files no manifest row owns: segments merged, emptied or left by an
+        older index, and temporary files of an update that was interrupted (only the
+        holder of the exclusive lock writes, so any found now is stale)."""
+        owned = {name for row in rows for name in row["segments"]}
+        for directory in (self.dir, self.events_dir):
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    stale = entry.name.endswith(".tmp") or (
+                        directory == self.events_dir and entry.name.endswith(".parquet") and entry.name not in owned
+                    )
+                    if stale and not entry.is_dir(follow_symlinks=False):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)  # a link itself, never what it points to
 
-    def _plan(self, path: Path, rel: str, old: dict[str, Any] | None, report: UpdateReport) -> Any:
+    def _plan(
+        self, path: Path, rel: str, found: os.stat_result, old: dict[str, Any] | None, report: UpdateReport
+    ) -> Job | None:
         """What to read of a capture: ``None`` if nothing, else (path, rel, start, row to extend)."""
-        stat = path.stat()
-        identity = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        identity = (found.st_size, found.st_mtime_ns, found.st_ino)
+        intact = old is not None and all(name in self._present for name in old["segments"])
         if old is not None and (old["size"], old["mtime_ns"], old["ino"]) == identity and old["state"] != "open":
-            report.unchanged.append(rel)
-            return None
-        if (
+            if intact:
+                report.unchanged.append(rel)
+                return None
+        elif (
             old is not None
+            and intact
             and old["stop"] > 0  # a header still being written when last read: read it again whole
-            and old["ino"] == stat.st_ino
-            and stat.st_size >= old["stop"]
+            and old["ino"] == found.st_ino
+            and found.st_size >= old["stop"]
             and old["end_t_ns"] is None
-            and _mark(path, old["stop"]) == old["mark"]
+            and mark(path, old["stop"]) == old["mark"]
         ):
             return path, rel, old["stop"], dict(old)
         if old is not None:
             self._drop(old)
         return path, rel, 0, None
+
+    def _unread(
+        self, path: Path, rel: str, found: os.stat_result, old: dict[str, Any] | None, report: UpdateReport
+    ) -> dict[str, Any]:
+        """The row of something named like a capture that is not a regular file (a link, a
+        FIFO, a device): listed as damaged, never opened."""
+        if old is not None and old["segments"]:
+            self._drop(old)
+        kind = "a symbolic link" if stat.S_ISLNK(found.st_mode) else "not a regular file"
+        problems = f"{kind}: not read"
+        identity = (found.st_size, found.st_mtime_ns, found.st_ino, problems)
+        if old is not None and (old["size"], old["mtime_ns"], old["ino"], old["problems"]) == identity:
+            report.unchanged.append(rel)
+            return old
+        row = self._new_row(rel, path, None)
+        row.update(size=found.st_size, mtime_ns=found.st_mtime_ns, ino=found.st_ino, stop=0, mark=b"")
+        row.update(state="damaged", problems=problems)
+        (report.new if old is None else report.changed).append(rel)
+        report.damaged.append(rel)
+        return row
 
     def _apply(
         self,
@@ -342,7 +335,7 @@ class Index:
         rel: str,
         old: dict[str, Any] | None,
         row: dict[str, Any] | None,
-        read: _Read,
+        read: Read,
         report: UpdateReport,
     ) -> dict[str, Any]:
         """Fold what was read of a capture into its manifest row, and queue its parts."""
@@ -353,24 +346,31 @@ class Index:
             report.unchanged.append(rel)
         else:
             report.grown.append(rel)
-        for table in _tables(read):
+        problems = [p for p in (row["problems"] or "").split("\n") if p] + read.problems
+        try:
+            tables = _tables(read)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as e:
+            # The reader hands on valid types only; should a value still not convert, this
+            # capture's messages are left out and it says why, and the others are indexed.
+            tables = []
+            problems.append(f"messages not indexed: {type(e).__name__}: {e}")
+        for table in tables:
             self._write_part(row, table)
-        if read.messages:
+        if tables and read.messages:
             row["messages"] += read.messages
-            row["last_t_ns"] = read.last_t_ns
+            row["last_t_ns"] = _integer(read.last_t_ns)
         row["format_in"], row["format_out"] = read.formats
         row["format"] = read.columns.version
         row.update(size=read.size, mtime_ns=read.mtime_ns, ino=read.ino, stop=read.stop, mark=read.mark)
         if read.end is not None:
             end = read.end
             row.update(
-                end_t_ns=end.get("t_ns"),
-                close_code=end.get("code"),
-                close_by=end.get("closed_by"),
-                close_reason=end.get("reason"),
+                end_t_ns=_integer(end.get("t_ns")),
+                close_code=_integer(end.get("code"), 32),
+                close_by=_text(end.get("closed_by")),
+                close_reason=_text(end.get("reason")),
             )
-            row["end_error"] = end.get("error") or end.get("incomplete")
-        problems = [p for p in (row["problems"] or "").split("\n") if p] + read.problems
+            row["end_error"] = _text(end.get("error")) or _text(end.get("incomplete"))
         if not read.locked and row["end_t_ns"] is None:
             problems.append("no end record: the recording process stopped before the session ended")
         row["problems"] = "\n".join(dict.fromkeys(problems)) or None
@@ -380,27 +380,33 @@ class Index:
         return row
 
     def _new_row(self, rel: str, path: Path, header: dict[str, Any] | None) -> dict[str, Any]:
+        # Every value is checked for the type its column takes, although the reader already
+        # did: a manifest Arrow cannot write would stop the whole root from answering.
         header = header or {}
-        labels = header.get("labels") if isinstance(header.get("labels"), dict) else {}
+        labels = header.get("labels")
         return {
             "file": rel,
-            "session_id": str(header.get("session_id") or path.stem),
+            "session_id": _text(header.get("session_id")) or path.stem,
             "key": rel.removesuffix(".msgpack").replace("/", "_"),
             "segments": [],
             "messages": 0,
             "problems": None if header else "no header record",
-            "started_at": _started_at(header),
-            "url": header.get("url"),
+            "started_at": started_at(header),
+            "url": _text(header.get("url")),
             "dialect": _dialect(header),
-            "recorder": header.get("recorder"),
-            "labels": [(str(k), str(v)) for k, v in (labels or {}).items()],
-            "replay_of": header.get("replay_of"),
+            "recorder": _text(header.get("recorder")),
+            "labels": [
+                (k, v)
+                for k, v in (labels.items() if isinstance(labels, dict) else ())
+                if _text(k) and _text(v) is not None
+            ],
+            "replay_of": _text(header.get("replay_of")),
             "end_t_ns": None,
             "last_t_ns": None,
             "close_code": None,
             "close_by": None,
             "close_reason": None,
-            "handshake_status": header.get("response_status", 101) if header else None,
+            "handshake_status": _integer(header.get("response_status", 101), 32) if header else None,
             "end_error": None,
             "format_in": "pcm16",
             "format_out": "pcm16",
@@ -444,14 +450,13 @@ class Index:
 
         for name in row["segments"]:
             path = self.events_dir / name
-            if not path.exists():
+            if name not in self._present:
                 continue
             table = pq.read_table(path)
             kept = table.filter(pc.not_equal(table["key"], row["key"]))
-            if kept.num_rows == 0:
-                path.unlink()
-            elif kept.num_rows < table.num_rows:
+            if 0 < kept.num_rows < table.num_rows:
                 _atomic_parquet(kept, path)
+            # An emptied segment stays until the manifest no longer names it (_sweep).
         row["segments"] = []
 
     def _compact(self, rows: Any) -> None:
@@ -469,8 +474,7 @@ class Index:
         for row in rows:
             if merged & set(row["segments"]):
                 row["segments"] = [n for n in row["segments"] if n not in merged] + [name]
-        for n in small:
-            (self.events_dir / n).unlink(missing_ok=True)
+        # The merged segments stay until the manifest no longer names them (_sweep).
 
     def _write_manifest(self, rows: list[dict[str, Any]]) -> None:
         table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
@@ -484,7 +488,10 @@ class Index:
         return self._parts(rows)
 
     def _parts(self, rows: Any) -> list[Path]:
-        return [self.events_dir / name for name in sorted({n for row in rows for n in row["segments"]})]
+        # Only segments that are there, as regular files: a manifest that names anything
+        # else (copied from elsewhere, or a segment removed by hand) must not fail a query.
+        names = sorted({n for row in rows for n in row["segments"]})
+        return [self.events_dir / name for name in names if _is_file(self.events_dir / name)]
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:
@@ -493,8 +500,18 @@ class Index:
             yield
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _atomic_parquet(table: pa.Table, path: Path) -> None:
+    """Write ``path`` (0600) as a whole or not at all. The temporary file is created new,
+    never through a link, and renaming it replaces whatever had the name, links included."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.chmod(tmp, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
     os.replace(tmp, path)

@@ -3,6 +3,8 @@ argument names (an id, a unique prefix of one, a file path, or the server's ``se
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import tempfile
@@ -13,6 +15,7 @@ from recorder.capture import Capture, CaptureError, make_private_dirs, read_capt
 from recorder.session import capture_path
 
 SESSION_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]/*.msgpack"
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 SESSION_ID = re.compile(r"\d{8}T\d{12}Z-[a-z2-7]{8}")
 """What ``recorder.session.new_session_id`` makes."""
 
@@ -26,8 +29,19 @@ class SessionNotFound(Exception):
 
 
 def capture_files(captures: Path) -> list[Path]:
-    """The capture root's sessions: ``<root>/<YYYY-MM-DD>/<id>.msgpack``, oldest first."""
-    return sorted(captures.glob(SESSION_GLOB), key=lambda p: p.stem)
+    """The capture root's sessions: ``<root>/<YYYY-MM-DD>/<id>.msgpack``, oldest first.
+
+    A day directory that is a symbolic link is not entered: what it points to is not part
+    of the root. The entries found are whatever has such a name, which is not always a
+    regular file: open them as the readers do (:func:`recorder.capture.open_capture`),
+    which refuses links, FIFOs and devices, and never blocks."""
+    found: list[Path] = []
+    with contextlib.suppress(OSError), os.scandir(captures) as days:
+        for day in days:
+            if _DAY.match(day.name) and day.is_dir(follow_symlinks=False):
+                with contextlib.suppress(OSError), os.scandir(day.path) as entries:
+                    found += [Path(entry.path) for entry in entries if entry.name.endswith(".msgpack")]
+    return sorted(found, key=lambda p: p.stem)
 
 
 def server_session_id(path: Path) -> str | None:
@@ -50,7 +64,8 @@ def find_session(captures: Path, ref: str) -> Path:
     as_path = Path(ref)
     if ref.endswith(".msgpack") or as_path.is_file():
         if as_path.is_file():
-            return as_path
+            # A path given is followed if it is a link (readers open none); links under the root are not.
+            return as_path.resolve() if as_path.is_symlink() else as_path
         raise SessionNotFound(f"no capture file {ref}")
     files = capture_files(captures)
     if ref.startswith("sess_"):

@@ -127,7 +127,12 @@ def _real_dir(path: Path) -> None:
 def _locked(directory: Path, exclusive: bool) -> Iterator[int]:
     """Hold the index's lock; yields its descriptor (which worker processes must close)."""
     _real_dir(directory)
-    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise OSError(e.errno, f"{directory / 'lock'} is a symbolic link, not rtcap's lock: remove it") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield fd

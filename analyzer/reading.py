@@ -7,6 +7,7 @@ index (:mod:`analyzer.index`) turns what they read into Parquet.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -129,18 +130,21 @@ def read_all(jobs: list[Job], lock: int) -> Generator[Read | CaptureError, None,
     # (see read_job), so the parent's DuckDB and Arrow threads do not matter to them.
     context = multiprocessing.get_context("fork")
     workers: list[tuple[Any, Connection]] = []
-    # Blocked until each worker has set Ctrl-C aside; a Ctrl-C meanwhile waits for the unblock.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    for stream in (sys.stdout, sys.stderr):  # else what they hold would be written again by each worker
+        with contextlib.suppress(Exception):
+            stream.flush()
     try:
-        for n in range(count):
-            receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=_work, args=(jobs[n::count], sender, lock, os.getpid()), daemon=True)
-            workers.append((process, receiver))
-            process.start()
-            sender.close()  # so that a worker's death reads as the end of its pipe
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    try:
+        # Blocked until each worker has set Ctrl-C aside; one meanwhile waits for the unblock.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for n in range(count):
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(target=_work, args=(jobs[n::count], sender, lock, os.getpid()), daemon=True)
+                workers.append((process, receiver))
+                process.start()
+                sender.close()  # so that a worker's death reads as the end of its pipe
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for n, (path, _, start, base) in enumerate(jobs):
             receiver = workers[n % count][1]
             if receiver.closed:  # its worker died: the rest of its share is read here
@@ -154,14 +158,15 @@ def read_all(jobs: list[Job], lock: int) -> Generator[Read | CaptureError, None,
             yield result
     finally:
         for process, receiver in workers:
-            if process.is_alive():
+            if process.pid is not None and process.is_alive():
                 process.kill()  # before closing its pipe, which would make it fail loudly
-            process.join()
+            if process.pid is not None:
+                process.join()
             receiver.close()
 
 
 def _work(jobs: list[Job], sender: Any, lock: int, parent: int) -> None:
-    """A worker process of :func:`_read_all`."""
+    """A worker process of :func:`read_all`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.close(lock)  # else the lock outlives the parent as long as this process lives

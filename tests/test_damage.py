@@ -263,11 +263,11 @@ def crc_work(data: bytes, monkeypatch: pytest.MonkeyPatch) -> int:
 
 def test_reading_is_linear_in_the_file_size(monkeypatch: pytest.MonkeyPatch) -> None:
     mib = 1 << 20
-    small = crc_work(crafted(mib // 2), monkeypatch)
-    large = crc_work(crafted(2 * mib), monkeypatch)
-    # It was about size**2 / 32 bytes: 8 GiB for half a MiB, 128 GiB for 2 MiB.
-    assert small <= 4 * (mib // 2) + capture.WASTE_ALLOWANCE
-    assert large <= 4 * 2 * mib + capture.WASTE_ALLOWANCE
+    small = crc_work(crafted(mib // 4), monkeypatch)
+    large = crc_work(crafted(mib), monkeypatch)
+    # It was about size**2 / 32 bytes: 2 GiB for a quarter of a MiB, 32 GiB for a MiB.
+    assert small <= 4 * (mib // 4) + capture.WASTE_ALLOWANCE
+    assert large <= 4 * mib + capture.WASTE_ALLOWANCE
     assert large <= 4 * small  # four times the size, at most four times the work
     data = crafted(2 * mib)
     started = time.perf_counter()
@@ -388,7 +388,7 @@ def test_structured_records_of_any_type_read_as_records_or_damage(parts: Any, lo
 
 
 @settings(
-    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(st.lists(captures_of, min_size=1, max_size=5))
 def test_the_index_answers_for_captures_of_any_type(tmp_path_factory: pytest.TempPathFactory, many: list[Any]) -> None:
@@ -408,3 +408,16 @@ def test_the_index_answers_for_captures_of_any_type(tmp_path_factory: pytest.Tem
     # Every column of every other view, in one statement.
     everything = "(FROM events SELECT list(events)), (FROM failures SELECT list(failures))"
     captures.sql(f"SELECT {everything}, (FROM responses SELECT list(responses))").to_pylist()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="analyzer/views.py: sessions computes to_timestamp(c.expires) from a payload's expires_at, which "
+    "DuckDB refuses when out of range, failing every sessions query of the root (use try(to_timestamp(...)))",
+)
+def test_an_expires_at_out_of_range_never_breaks_the_sessions_view(make_capture, captures: Path) -> None:
+    created = {"type": "session.created", "session": {"id": "sess_1", "expires_at": 9 * 10**18}}
+    make_capture([(0.1, RECEIVED, created)])
+    make_capture([(0.1, RECEIVED, {"type": "session.created", "session": {"id": "sess_2"}})])
+    rows = open_captures(captures).sql("SELECT server_session_id, expires_at FROM sessions").to_pylist()
+    assert sorted(r["server_session_id"] for r in rows) == ["sess_1", "sess_2"]

@@ -178,8 +178,8 @@ def test_queries_from_several_processes_while_captures_arrive(tmp_path: Path) ->
 import sys
 from analyzer.views import open_captures
 for n in range(20):
-    captures = open_captures(sys.argv[1], update=n % 2 == 0)
-    rows = captures.sql("SELECT count(*) AS n FROM events JOIN sessions USING (session_id)").to_pylist()
+    captures = open_captures(sys.argv[1], update=n % 2 == int(sys.argv[2]) or n == 0)
+    rows = captures.sql("SELECT count(*) AS n, count(DISTINCT file) AS files FROM events, sessions").to_pylist()
     assert rows[0]["n"] >= 10, rows
 """
     writer = f"""
@@ -192,10 +192,11 @@ for n in range(40):
     temporary.write_bytes(data)
     os.replace(temporary, day / f"20261125T13{{n:02d}}00000000Z-abcdefgh.msgpack")
 """
-    jobs = [subprocess.Popen([sys.executable, "-c", reader, str(root)], stderr=subprocess.PIPE, text=True)]
-    jobs += [subprocess.Popen([sys.executable, "-c", writer, str(root)], stderr=subprocess.PIPE, text=True)]
-    jobs += [subprocess.Popen([sys.executable, "-c", reader, str(root)], stderr=subprocess.PIPE, text=True)]
-    jobs += [subprocess.Popen([RTCAP, *count_query(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    scripts = [(reader, "0"), (writer, ""), (reader, "1")]
+    jobs = [
+        subprocess.Popen([sys.executable, "-c", script, str(root), arg], stderr=subprocess.PIPE, text=True)
+        for script, arg in scripts
+    ]
     errors = [job.communicate(timeout=90)[-1] for job in jobs]
     assert [job.returncode for job in jobs] == [0] * len(jobs), errors
 
@@ -205,13 +206,15 @@ for n in range(40):
     [["query", "SELECT * FROM range(100000)", "--format", "csv"], ["sessions", "--format", "csv"]],
     ids=["query", "sessions"],
 )
-def test_a_closed_stdout_pipe_exits_0_silently(template: Path, args: list[str]) -> None:
-    # `rtcap ... | head -1`: the reader leaves after one line.
-    job = start(*args, "--captures", str(template))
+def test_a_closed_stdout_pipe_exits_0_silently(tmp_path: Path, args: list[str]) -> None:
+    # `rtcap ... | head -1`: the reader leaves after one line (300 kB of it, for the query).
+    root = tmp_path / "captures"
+    write_corpus(root, count=1, messages=10)
+    job = start(*args, "--captures", str(root))
     assert job.stdout is not None and job.stdout.readline()
     job.stdout.close()
     assert job.wait(timeout=30) == 0
     assert job.stderr is not None and job.stderr.read() == ""
-    command = shlex.join([RTCAP, *args, "--captures", str(template)])
+    command = shlex.join([RTCAP, *args, "--captures", str(root)])
     shell = f"{command} | head -1 >/dev/null; echo ${{PIPESTATUS[0]}}"
     assert subprocess.run(["bash", "-c", shell], capture_output=True, text=True, env=environ()).stdout == "0\n"

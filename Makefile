@@ -28,7 +28,23 @@ $(VENV)/websockets-%/.installed: | $(BIN)/python
 	$(PIP) install --quiet --no-deps --target $(dir $@) 'websockets$(if $(filter oldest,$*),==$(WEBSOCKETS_OLDEST),$(WEBSOCKETS_NEWEST))'
 	touch $@
 
-test: $(VENV)/.installed-test $(VENV)/websockets-oldest/.installed $(VENV)/websockets-newest/.installed
+# Likewise aiohttp (with its dependencies): the oldest and newest the shim supports.
+AIOHTTP_OLDEST := 3.9.0
+AIOHTTP_NEWEST := <4
+
+$(VENV)/aiohttp-%/.installed: | $(BIN)/python
+	rm -rf $(dir $@)
+	$(PIP) install --quiet --target $(dir $@) 'aiohttp$(if $(filter oldest,$*),==$(AIOHTTP_OLDEST),$(AIOHTTP_NEWEST))'
+	touch $@
+
+# A client the shim does not record, for the test that `rtcap run` says so.
+$(VENV)/websocket-client/.installed: | $(BIN)/python
+	rm -rf $(dir $@)
+	$(PIP) install --quiet --no-deps --target $(dir $@) 'websocket-client>=1.6,<2'
+	touch $@
+
+test: $(VENV)/.installed-test $(VENV)/websockets-oldest/.installed $(VENV)/websockets-newest/.installed \
+		$(VENV)/aiohttp-oldest/.installed $(VENV)/aiohttp-newest/.installed $(VENV)/websocket-client/.installed
 	$(BIN)/python -m pytest
 
 # mitmproxy 11.0.2 (the last release for Python 3.11) in its own venv: the benchmark's slow baseline.

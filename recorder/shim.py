@@ -12,6 +12,11 @@ it was sent (str, bytes, fragments) or read (``recv``, ``recv_streaming``, itera
   sends, recorded before it is queued for the network;
 - ``Protocol.receive_eof``: the end of the connection (close codes, or a drop).
 
+Connections made with ``aiohttp`` are recorded by :mod:`recorder.shim_aiohttp`, into the
+same files. Opening a WebSocket with a Python client the shim does not record
+(``UNRECORDED``) says so once; at exit, the program ``rtcap run`` started says how many
+sessions it recorded (see :func:`report`).
+
 If ``websockets.client`` is not imported yet, an import hook applies the patches when it
 is. Nothing here may raise into websockets: a failure stops recording that connection,
 with one warning, and the app goes on as if the shim were not there.
@@ -19,6 +24,7 @@ with one warning, and the app goes on as if the shim were not there.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fnmatch
 import importlib.abc
@@ -62,6 +68,7 @@ class _Config:
 
 
 _config: _Config | None = None
+_recorded = 0  # sessions this process has written a capture for
 _originals: list[tuple[type, str, Any]] = []
 _live: weakref.WeakSet[_Connection] = weakref.WeakSet()
 _lock = threading.Lock()
@@ -80,8 +87,18 @@ class _Connection:
         self.lock = threading.Lock()
         self.ended = False
 
-    def start(self, status: int | None, headers: Any = None, body: bytes = b"") -> None:
-        """The handshake ended: with a 101, a rejection, or no response at all."""
+    def start(
+        self,
+        status: int | None,
+        headers: Any = None,
+        body: bytes = b"",
+        *,
+        subprotocol: str | None = None,
+        t0_ns: int | None = None,
+    ) -> None:
+        """The handshake ended: with a 101, a rejection, or no response at all. ``headers``
+        are websockets' or aiohttp's response headers (``raw_items`` or ``items``)."""
+        global _recorded
         config = self.config
         self.recorder = SessionRecorder.create(
             config.captures,
@@ -92,13 +109,18 @@ class _Connection:
             audio=config.audio,
             redactor=config.redactor,
         )
+        if headers is not None and subprotocol is None:
+            subprotocol = headers.get("Sec-WebSocket-Protocol")
+        items = getattr(headers, "raw_items", None) or getattr(headers, "items", None)
         self.recorder.start(
-            now_ns(),
+            now_ns() if t0_ns is None else t0_ns,
             status=status,
-            response_headers=headers.raw_items() if headers is not None else (),
-            subprotocol=headers.get("Sec-WebSocket-Protocol") if headers is not None else None,
+            response_headers=list(items()) if items is not None else (),
+            subprotocol=subprotocol,
             subprotocols=self.offered,
         )
+        if self.recorder.sink is not None:
+            _recorded += 1
         if status is not None and status != 101:
             text = body.decode(errors="replace").strip()
             self.end(closed_by="server", error=f"handshake rejected: HTTP {status} {text}".strip())
@@ -181,20 +203,23 @@ def _url(uri: Any, path: str) -> str:
 
 def _open(protocol: Any, uri: Any, path: str, headers: Any) -> _Connection | None:
     """Start following a connection whose handshake request is going out, if it matches."""
-    config = _config
-    if config is None:
-        return None
     try:
-        url = _url(uri, path)
-        if config.match is not None and not fnmatch.fnmatchcase(url, config.match):
-            return None
         offered = [p.strip() for v in headers.get_all("Sec-WebSocket-Protocol") for p in v.split(",")]
-        session = _Connection(config, url, list(headers.raw_items()), [p for p in offered if p])
+        session = _open_url(_url(uri, path), list(headers.raw_items()), offered)
     except Exception as e:
         warn(f"cannot record a connection: {type(e).__name__}: {e}")
         return None
-    protocol.__dict__["_rtcap"] = session
+    if session is not None:
+        protocol.__dict__["_rtcap"] = session
     return session
+
+
+def _open_url(url: str, headers: list[tuple[str, str]], offered: list[str]) -> _Connection | None:
+    """A connection to follow, if the shim is installed and ``url`` matches ``--match``."""
+    config = _config
+    if config is None or (config.match is not None and not fnmatch.fnmatchcase(url, config.match)):
+        return None
+    return _Connection(config, url, headers, [p for p in offered if p])
 
 
 def _patched_send_request(original: Any) -> Any:
@@ -314,8 +339,24 @@ def _patched_legacy_lost(original: Any) -> Any:
     return connection_lost
 
 
-def _hooks(module: str) -> list[tuple[type, str, Any]]:
+def _hooks(module: str) -> list[tuple[Any, str, Any]]:
     """What to patch once ``module`` is imported: (class, method, wrapper maker)."""
+    if module == "aiohttp.client":
+        from . import shim_aiohttp
+
+        return shim_aiohttp.hooks()
+    if module in UNRECORDED:
+        return _unrecorded_hooks(module)
+    import websockets
+
+    version = getattr(websockets, "__version__", "0")
+    if int(version.split(".")[0]) < 13:
+        warn(f"websockets {version} is older than 13: its connections are not recorded; {USE_PROXY}")
+        return []
+    global _OPEN
+    from websockets.protocol import State
+
+    _OPEN = State.OPEN
     if module == "websockets.client":
         from websockets.client import ClientProtocol
         from websockets.protocol import Protocol
@@ -339,25 +380,47 @@ def _hooks(module: str) -> list[tuple[type, str, Any]]:
     ]
 
 
-HOOKED_MODULES = ("websockets.client", "websockets.legacy.client")
+# Python WebSocket clients the shim does not record: (module, function or method that opens
+# a connection, the library's name as pip knows it). Opening one says so, once.
+UNRECORDED = {
+    "websocket": (("create_connection", "WebSocket.connect"), "websocket-client"),
+    "tornado.websocket": (("websocket_connect",), "tornado"),
+    "trio_websocket": (("connect_websocket_url", "open_websocket_url"), "trio-websocket"),
+    "httpx_ws": (("connect_ws", "aconnect_ws"), "httpx-ws"),
+}
+
+
+def _unrecorded_hooks(module: str) -> list[tuple[Any, str, Any]]:
+    names, library = UNRECORDED[module]
+    loaded = sys.modules[module]
+    found = []
+    for dotted in names:
+        owner: Any = loaded
+        *path, name = dotted.split(".")
+        for part in path:
+            owner = getattr(owner, part, None)
+        if owner is not None and name in getattr(owner, "__dict__", {}):
+            found.append((owner, name, lambda f: _warning_first(f, library)))
+    return found
+
+
+def _warning_first(original: Any, library: str) -> Any:
+    def opening(*args: Any, **kwargs: Any) -> Any:
+        warn(f"this program opens a WebSocket with {library}, which `rtcap run` does not record; {USE_PROXY}")
+        return original(*args, **kwargs)
+
+    return opening
+
+
+HOOKED_MODULES = ("websockets.client", "websockets.legacy.client", "aiohttp.client", *UNRECORDED)
 _patched: set[str] = set()
 
 
 def _patch(module: str) -> None:
-    """Apply the hooks for a loaded websockets module (once)."""
+    """Apply the hooks for a loaded module (once)."""
     if module in _patched:
         return
     _patched.add(module)
-    import websockets
-
-    version = getattr(websockets, "__version__", "0")
-    if int(version.split(".")[0]) < 13:
-        warn(f"websockets {version} is older than 13: its connections are not recorded; {USE_PROXY}")
-        return
-    global _OPEN
-    from websockets.protocol import State
-
-    _OPEN = State.OPEN
     for cls, name, make in _hooks(module):
         original = cls.__dict__[name]
         _originals.append((cls, name, original))
@@ -383,7 +446,7 @@ class _ImportHook(importlib.abc.MetaPathFinder):
                     try:
                         _patch(name)
                     except Exception as e:
-                        warn(f"cannot hook websockets ({type(e).__name__}: {e}); {USE_PROXY}")
+                        warn(f"cannot hook {name} ({type(e).__name__}: {e}); {USE_PROXY}")
 
         loader.exec_module = exec_and_patch  # type: ignore[method-assign]
         return spec
@@ -403,7 +466,7 @@ def install(
     redact_headers: Iterable[str] = (),
     redact_query: Iterable[str] = (),
 ) -> None:
-    """Record every websockets client connection of this process from now on.
+    """Record every websockets and aiohttp client connection of this process from now on.
 
     ``captures`` defaults to ``$RTCAP_CAPTURES`` or ``./captures`` (made absolute now);
     ``match`` is a URL glob (``wss://api.openai.com/*``) limiting what is recorded.
@@ -420,13 +483,16 @@ def install(
         )
         for module in HOOKED_MODULES:
             if module in sys.modules:
-                _patch(module)
+                try:
+                    _patch(module)
+                except Exception as e:
+                    warn(f"cannot hook {module} ({type(e).__name__}: {e}); {USE_PROXY}")
         if _hook not in sys.meta_path:
             sys.meta_path.insert(0, _hook)
 
 
 def uninstall() -> None:
-    """Stop recording and restore websockets exactly as it was. Connections still open
+    """Stop recording and restore websockets and aiohttp exactly as they were. Connections still open
     get their end record now (``closed_by`` null, error ``recording stopped``)."""
     global _config
     with _lock:
@@ -469,6 +535,8 @@ def run_environment(
     """The environment for a program run under the shim: ``SITE_DIR`` first on
     ``PYTHONPATH`` and the settings in ``$RTCAP_SHIM``, for it and its children."""
     settings = {
+        # The program ``rtcap run`` execs keeps its pid: that interpreter reports at exit.
+        "pid": os.getpid(),
         "captures": str(Path(captures).absolute()),
         "labels": dict(labels),
         "audio": audio,
@@ -496,4 +564,22 @@ def install_from_env() -> bool:
         redact_headers=settings.get("redact_headers", ()),
         redact_query=settings.get("redact_query", ()),
     )
+    atexit.register(report, settings.get("pid") == os.getpid())
     return True
+
+
+def report(always: bool = False) -> None:
+    """Say on stderr how many sessions this process recorded: always in the program
+    ``rtcap run`` started (``always``), else only in processes that recorded some."""
+    config = _config
+    if config is None or not (_recorded or always):
+        return
+    if _recorded:
+        line = f"recorded {_recorded} session{'s' * (_recorded != 1)} in {config.captures}"
+    else:
+        line = (
+            "recorded no session: the program opened no connection with websockets or aiohttp"
+            f"{' matching ' + config.match if config.match else ''}; for other clients, use `rtcap proxy`"
+        )
+    with contextlib.suppress(Exception):
+        print(f"rtcap: {line}", file=sys.stderr, flush=True)

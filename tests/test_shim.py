@@ -24,6 +24,10 @@ APPS = Path(__file__).parent / "apps"
 CANARY = "sk-canary-shim-8d3e1f0a"
 CLOSE_AFTER_CLEAR = "close code=1000 reason=done sent=input_audio_buffer.clear"  # what ws_styles.py expects
 RTCAP = str(Path(sys.executable).parent / "rtcap")  # the console script, as users run it
+NOTHING_RECORDED = (
+    "recorded no session: the program opened no connection with websockets or aiohttp; "
+    "for other clients, use `rtcap proxy`"
+)
 
 
 def rtcap_run(captures: Path, *command: str, options: tuple[str, ...] = (), pythonpath: str | None = None, **kwargs):
@@ -41,8 +45,9 @@ def rtcap_run(captures: Path, *command: str, options: tuple[str, ...] = (), pyth
     )
 
 
-def assert_same_as_server(path: Path, session) -> None:
-    """The capture holds exactly what the server saw and sent, handshake to close."""
+def assert_same_as_server(path: Path, session, end: tuple[str, int, str] | None = None) -> None:
+    """The capture holds exactly what the server saw and sent, handshake to close (the
+    close as the server saw it, unless ``end`` gives the capture's (closed_by, code, reason))."""
     capture = read_capture(path)
     assert capture.state == "closed", capture.problems
     sent = [m.data() for m in capture.messages if m.direction == "sent"]
@@ -57,9 +62,7 @@ def assert_same_as_server(path: Path, session) -> None:
         assert recorded[name] == ("[REDACTED]" if name in ("authorization", "api-key") else value), name
     closer = "server" if session.close_reason == "done" else "client"  # the close fault says "done"
     assert (capture.end["closed_by"], capture.end["code"], capture.end["reason"]) == (
-        closer,
-        session.close_code,
-        session.close_reason,
+        end or (closer, session.close_code, session.close_reason)
     )
 
 
@@ -154,7 +157,8 @@ def test_exit_codes_and_existing_sitecustomize_pass_through(captures, tmp_path) 
     (tmp_path / "sitecustomize.py").write_text("import os\nos.environ['THEIRS'] = 'loaded'\n")
     code = "import os, sys; print(os.environ.get('THEIRS')); sys.exit(7)"
     result = rtcap_run(captures, sys.executable, "-c", code, pythonpath=str(tmp_path))
-    assert (result.returncode, result.stdout, result.stderr) == (7, "loaded\n", "")
+    assert (result.returncode, result.stdout) == (7, "loaded\n")
+    assert result.stderr == f"rtcap: {NOTHING_RECORDED}\n"
 
 
 def test_a_program_not_found_exits_127_and_one_not_runnable_126(captures, tmp_path) -> None:
@@ -274,3 +278,47 @@ def test_any_payload_is_recorded_and_the_recording_goes_on(captures, capsys) -> 
     assert capture.state == "closed" and capture.end["code"] == 1000
     assert [m.data().decode() for m in capture.messages] == [t for t in [*texts, '{"type":"after"}'] for _ in "sr"]
     assert "rtcap: warning" not in capsys.readouterr().err
+
+
+def test_a_client_the_shim_does_not_record_is_named_once(simulator, captures, tmp_path) -> None:
+    (tmp_path / "app.py").write_text(
+        "import sys\n"
+        "import websocket\n"
+        "for _ in range(2):\n"
+        "    ws = websocket.create_connection(sys.argv[1])\n"
+        "    print(ws.recv()[:30])\n"
+        "    ws.close()\n"
+    )
+    installed = ROOT / ".venv" / "websocket-client"
+    assert (installed / ".installed").exists(), f"{installed} is missing: run `make test`"
+    result = rtcap_run(
+        captures, sys.executable, "app.py", simulator.url + REALTIME, pythonpath=str(installed), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == '{"type":"session.created","eve\n' * 2
+    assert result.stderr.splitlines() == [
+        "rtcap: warning: this program opens a WebSocket with websocket-client, which `rtcap run` does not record; "
+        "put `rtcap proxy` in front of the app instead",
+        f"rtcap: {NOTHING_RECORDED}",
+    ]
+    assert capture_files(captures) == []
+
+
+def test_at_exit_the_program_says_how_many_sessions_it_recorded(simulator, captures, tmp_path) -> None:
+    (tmp_path / "app.py").write_text(
+        "import subprocess, sys\n"
+        "from websockets.sync.client import connect\n"
+        "for _ in range(int(sys.argv[2])):\n"
+        "    with connect(sys.argv[1]) as ws:\n"
+        "        ws.recv()\n"
+        "if sys.argv[2] == '2':  # a child Python process reports what it recorded, if anything\n"
+        "    subprocess.run([sys.executable, 'app.py', sys.argv[1], '1'], check=True)\n"
+        "    subprocess.run([sys.executable, 'app.py', sys.argv[1], '0'], check=True)\n"
+    )
+    result = rtcap_run(captures, sys.executable, "app.py", simulator.url + REALTIME, "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"rtcap: recorded 1 session in {captures}",
+        f"rtcap: recorded 2 sessions in {captures}",
+    ]
+    assert len(capture_files(captures)) == 3

@@ -86,11 +86,13 @@ def run(
     """Run COMMAND with every WebSocket connection it makes recorded.
 
     The in-process shim records each connection made with the `websockets` library
-    (asyncio or sync, however `connect` is used; the openai SDK included) in COMMAND and
-    in every Python process it starts, into the same capture files as `rtcap proxy`.
-    COMMAND replaces rtcap: its output, exit code and signals are its own (as in a shell,
-    127 when COMMAND is not found, 126 when it cannot be run). Programs that do not use
-    `websockets` (aiohttp, Node, browsers) need `rtcap proxy` instead.
+    (asyncio or sync, however `connect` is used; the openai SDK, openai-agents and
+    Pipecat included) or with `aiohttp` (LiveKit Agents) in COMMAND and in every Python
+    process it starts, into the same capture files as `rtcap proxy`. A WebSocket opened
+    with another Python client is named once on stderr; at exit, COMMAND says how many
+    sessions it recorded. COMMAND replaces rtcap: its output, exit code and signals are
+    its own (as in a shell, 127 when COMMAND is not found, 126 when it cannot be run).
+    Node apps and browsers need `rtcap proxy` instead.
 
     \b
     Example:

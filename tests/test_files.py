@@ -177,7 +177,10 @@ def test_replay_of_a_failure_the_recording_lacks_says_so(session: Path, captures
         "replay", session.stem, "--failure", "no_such_error", "--to", "ws://127.0.0.1:9", "--captures", str(captures)
     )
     assert result.exit_code == 1
-    assert result.stderr == "rtcap: error: the recording has no no_such_error to reproduce (try --failure any)\n"
+    assert (
+        result.stderr
+        == "rtcap: error: the recording has no failure matching --failure no_such_error (try --failure any)\n"
+    )
     assert not list(captures.rglob("*.msgpack"))[1:]  # nothing was replayed, so nothing recorded
 
 

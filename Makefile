@@ -43,8 +43,21 @@ $(VENV)/websocket-client/.installed: | $(BIN)/python
 	$(PIP) install --quiet --no-deps --target $(dir $@) 'websocket-client>=1.6,<2'
 	touch $@
 
+# The voice-agent frameworks, each in a venv of its own (with msgpack, which the shim needs in
+# the interpreter it lands in): the tests run their realtime clients under `rtcap run`.
+FRAMEWORK_livekit := 'livekit-plugins-openai>=1.8,<2'
+FRAMEWORK_pipecat := 'pipecat-ai[openai]>=1.14,<2'
+
+.venv-%/.installed:
+	rm -rf .venv-$*
+	$(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-$*/bin/python -m pip install --quiet $(FRAMEWORK_$*) 'msgpack>=1.0,<2'
+	touch $@
+
 test: $(VENV)/.installed-test $(VENV)/websockets-oldest/.installed $(VENV)/websockets-newest/.installed \
-		$(VENV)/aiohttp-oldest/.installed $(VENV)/aiohttp-newest/.installed $(VENV)/websocket-client/.installed
+		$(VENV)/aiohttp-oldest/.installed $(VENV)/aiohttp-newest/.installed $(VENV)/websocket-client/.installed \
+		.venv-livekit/.installed .venv-pipecat/.installed
 	$(BIN)/python -m pytest
 
 # mitmproxy 11.0.2 (the last release for Python 3.11) in its own venv: the benchmark's slow baseline.
@@ -69,4 +82,4 @@ lint: $(VENV)/.installed-lint
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .venv-mitmproxy .pytest_cache
+	rm -rf $(VENV) .venv-mitmproxy .venv-livekit .venv-pipecat .pytest_cache

@@ -1,9 +1,11 @@
-"""The stacks voice agents are built on, as real clients: aiohttp under `rtcap run`
-(the oldest and newest aiohttp the shim supports), and whatever else stands in the
-README's table of stacks."""
+"""The stacks voice agents are built on, as real clients: aiohttp under `rtcap run` (the
+oldest and newest aiohttp the shim supports), LiveKit Agents' and Pipecat's OpenAI realtime
+clients under `rtcap run` (each in a venv of its own, made by `make test`), and whatever
+else stands in the README's table of stacks."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -68,3 +70,23 @@ def test_every_aiohttp_style_is_recorded(start_simulator, captures, version) -> 
     assert styles["rejected"].header["response_status"] == 404 and "HTTP 404" in styles["rejected"].end["error"]
     assert styles["unreachable"].header["response_status"] is None
     assert "handshake failed" in styles["unreachable"].end["error"]
+
+
+@pytest.mark.parametrize("framework", ["livekit", "pipecat"])
+def test_a_framework_turn_with_a_tool_call_is_recorded(simulator, captures, framework) -> None:
+    # LiveKit's realtime model talks over aiohttp, Pipecat's over websockets.
+    venv = ROOT / f".venv-{framework}"
+    assert (venv / ".installed").exists(), f"{venv} is missing: run `make test`"
+    key = f"sk-{framework}-canary-5678"
+    result = rtcap_run(captures, str(venv / "bin" / "python"), str(APPS / f"{framework}_app.py"), simulator.url, key)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["get_weather", "True"]  # the tool was called, then a reply
+    assert result.stderr.endswith(f"rtcap: recorded 1 session in {captures}\n")
+    [path] = capture_files(captures)
+    [session] = simulator.sessions
+    assert session.done.wait(10)
+    assert_same_as_server(path, session)
+    assert key.encode() not in path.read_bytes()
+    messages = [(m.direction, json.loads(m.data())) for m in read_capture(path).messages]
+    assert ("received", "response.function_call_arguments.done") in [(d, e["type"]) for d, e in messages]
+    assert any(d == "sent" and e.get("item", {}).get("type") == "function_call_output" for d, e in messages)

@@ -157,7 +157,7 @@ class Responder:
                 "output_modalities": self.config.modalities,
                 "audio": {"output": {"format": self.config.ga_output_format, "voice": "alloy"}},
                 "max_output_tokens": "inf",
-                "metadata": None,
+                "metadata": response.options.get("metadata"),
             }
         else:
             shape |= {
@@ -165,7 +165,7 @@ class Responder:
                 "voice": "alloy",
                 "output_audio_format": self.config.output_format,
                 "max_output_tokens": "inf",
-                "metadata": None,
+                "metadata": response.options.get("metadata"),
                 "temperature": 0.8,
             }
         return shape

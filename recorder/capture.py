@@ -259,7 +259,7 @@ def iter_frames(data: bytes | mmap.mmap, start: int = 0) -> Iterator[tuple[int, 
                     if not intact:
                         wasted += length
                         if wasted > allowance:
-                            sliced = SliceCRC(data, pos, _frame_bounds(data, pos))
+                            sliced = SliceCRC(data, pos)
                 else:
                     intact = sliced.crc(pos + FRAME_OVERHEAD, end) == crc
                     body = data[pos + FRAME_OVERHEAD : end] if intact else b""
@@ -271,20 +271,6 @@ def iter_frames(data: bytes | mmap.mmap, start: int = 0) -> Iterator[tuple[int, 
         nxt = size if nxt < 0 else nxt
         yield pos, None, nxt - pos
         pos = nxt
-
-
-def _frame_bounds(data: bytes | mmap.mmap, pos: int) -> Iterator[int]:
-    """The offsets where the body of every frame that may be intact from ``pos`` on starts
-    and ends: what :class:`~recorder.crc.SliceCRC` needs for :func:`iter_frames`."""
-    size = len(data)
-    pos = data.find(SYNC, pos)
-    while 0 <= pos <= size - FRAME_OVERHEAD:
-        _, length, _ = _FRAME.unpack_from(data, pos)
-        end = pos + FRAME_OVERHEAD + length
-        if length < MAX_RECORD and end <= size:
-            yield pos + FRAME_OVERHEAD
-            yield end
-        pos = data.find(SYNC, pos + 1)
 
 
 def _decode_v1(record: Any) -> Any:

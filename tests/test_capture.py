@@ -326,3 +326,18 @@ def test_an_update_resumes_where_a_read_of_an_open_file_stopped(cut: int) -> Non
     assert first.payload + rest.payload == whole.payload
     assert rest.stop == whole.stop == len(GOLDEN)
     assert (first.header or rest.header) == whole.header and (first.end or rest.end) == whole.end
+
+
+@pytest.mark.parametrize(
+    ("end", "problems"),
+    [
+        ({"t_ns": 9, "code": None, "reason": None, "closed_by": None}, []),  # None is a field left out
+        ({"code": 1000}, ["end field 't_ns' is missing"]),  # when the session ended: the one it needs
+        ({"t_ns": None}, ["end field 't_ns' is missing"]),
+    ],
+)
+def test_an_end_record_needs_its_time_and_none_is_missing(end: dict[str, object], problems: list[str]) -> None:
+    data = capture.header_record({"session_id": "s", "url": None, "labels": None}) + capture.end_record(end)
+    got, cols = read_both(data)
+    assert got.problems == cols.problems == problems
+    assert got.state == ("damaged" if problems else "closed")

@@ -25,6 +25,7 @@ from recorder.capture import Capture, make_private_dirs
 
 from .doctor import diagnose
 from .locate import load_session
+from .page import write_page
 from .precursors import analyse
 from .report import build as build_report
 from .reproduce.replay import run as replay
@@ -152,6 +153,9 @@ def run(
             bundle = found["report"] = root / f"report-{planted}.zip"
             build_report(captures, load_session(root, planted), bundle)
             say(f"\n7. Wrote a support bundle for the vendor: {bundle}")
+            page = found["page"] = root / f"session-{planted}.html"
+            write_page(captures, load_session(root, planted), page, at_failure=True)
+            say(f"8. The failed session on a timeline, with its audio (open it in a browser): {page}")
     finally:
         simulator.stop()
     rtcap = program()

@@ -2,7 +2,8 @@
 
 The zip holds the redacted capture and its export, the session's identity (the server's
 session id, timestamps, URL, model), the failure with the messages around it, doctor's
-checks, and a README in plain English. Everything comes from the (already redacted)
+checks, the session's page (``session.html``, opened at the failure; see
+:mod:`analyzer.page`), and a README in plain English. Everything comes from the (already redacted)
 capture, so no secret can reach the bundle.
 """
 
@@ -20,6 +21,7 @@ from recorder.capture import Capture
 
 from .doctor import ADVICE, diagnose
 from .export import export_rows
+from .page import focus_seq, page_data, render
 from .render import private_file
 from .render import rows as plain_rows
 from .views import Captures
@@ -41,6 +43,7 @@ def build(captures: Captures, capture: Capture, output: Path) -> dict[str, Any]:
         center = first["seq"] if first["seq"] is not None else len(exported) - 1
         around = [row for row in exported if abs(row["seq"] - center) <= AROUND]
     story = readme(session, first, failures, checks, len(exported))
+    page = render(page_data(captures, capture, focus=focus_seq(captures, session_id)))
     with private_file(output, binary=True) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         bundle.writestr("README.txt", story)
         bundle.write(path, f"capture/{path.name}")
@@ -49,7 +52,8 @@ def build(captures: Captures, capture: Capture, output: Path) -> dict[str, Any]:
         bundle.writestr("failures.json", json.dumps(failures, indent=2, ensure_ascii=False) + "\n")
         bundle.writestr("around-failure.jsonl", _jsonl(around))
         bundle.writestr("doctor.json", json.dumps(checks, indent=2, ensure_ascii=False) + "\n")
-    return {"session_id": session_id, "failure": first, "files": 7}
+        bundle.writestr("session.html", page)
+    return {"session_id": session_id, "failure": first, "files": 8}
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> str:
@@ -104,6 +108,7 @@ def readme(
     lines += [
         "",
         "Files:",
+        "  session.html           the session on a timeline, with its audio: open it in a browser (no network needed)",
         "  capture/*.msgpack      the recorded session (rtcap's format; secrets were redacted at recording)",
         "  export.jsonl           every message, exactly as sent or received, one JSON object per line",
         "  around-failure.jsonl   the messages just before and after the failure",

@@ -290,6 +290,8 @@ def test_the_demo_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "demo").is_dir() and list((tmp_path / "demo").glob("report-*.zip"))
     assert (tmp_path / "demo").stat().st_mode & 0o777 == 0o700
     assert f"rtcap sessions --captures {tmp_path / 'demo'} --failed" in out
+    [page] = [line.rsplit(": ", 1)[1] for line in out.splitlines() if line.startswith("8. The failed session")]
+    assert Path(page).stat().st_mode & 0o777 == 0o600 and Path(page).name.startswith("session-")
 
 
 # -- confounds (issue 19): each corpus plants one thing the old precursors got wrong ------

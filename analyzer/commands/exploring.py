@@ -92,6 +92,12 @@ def sessions(
     help="With --around: N messages each side (default 20).",
 )
 @click.option("--seq", "one", type=int, metavar="N", help="Print message N in full (its JSON), nothing else.")
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the session's page (a timeline with its audio, self-contained) to FILE.",
+)
+@click.option("--no-audio", is_flag=True, help="With --html: leave the audio out of the page (the waveforms stay).")
 @output_options
 @captures_option
 def show(
@@ -99,6 +105,8 @@ def show(
     around: int | None,
     context: int | None,
     one: int | None,
+    html: Path | None,
+    no_audio: bool,
     fmt: str | None,
     output: Path | None,
     captures: Path,
@@ -114,10 +122,27 @@ def show(
     Example:
       rtcap show 20261125T2341 --around 118 --context 10
       rtcap show 20261125T2341 --seq 121
+      rtcap show 20261125T2341 --html session.html
     """
     from analyzer.explore import message_json, render_timeline, session_timeline
+
     if context is not None and around is None:
         raise BadUsage("--context goes with --around")
+    if no_audio and html is None:
+        raise BadUsage("--no-audio goes with --html")
+    if html is not None:
+        if around is not None or one is not None or fmt is not None or output is not None:
+            raise BadUsage("--html writes the whole session's page: leave out --around, --seq, --format and --output")
+        from analyzer.page import write_page
+
+        capture = load(captures, session)
+        opened = open_for_session(captures, capture)
+        try:
+            size = library(write_page, opened, capture, html, audio=not no_audio)
+        except OSError as e:
+            raise Failure(f"cannot write {html}: {e.strerror or e}") from None
+        click.echo(f"wrote {html} ({size / 1024:.0f} KiB); open it in a browser", err=True)
+        return
     if one is not None:
         if around is not None:
             raise BadUsage("--seq shows one message; --around shows those around one: use either")

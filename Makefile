@@ -55,9 +55,14 @@ FRAMEWORK_pipecat := 'pipecat-ai[openai]>=1.14,<2'
 	.venv-$*/bin/python -m pip install --quiet $(FRAMEWORK_$*) 'msgpack>=1.0,<2'
 	touch $@
 
+# The Node clients the proxy is tested with, as tests/node/package-lock.json pins them.
+tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --silent
+	touch $@
+
 test: $(VENV)/.installed-test $(VENV)/websockets-oldest/.installed $(VENV)/websockets-newest/.installed \
 		$(VENV)/aiohttp-oldest/.installed $(VENV)/aiohttp-newest/.installed $(VENV)/websocket-client/.installed \
-		.venv-livekit/.installed .venv-pipecat/.installed
+		.venv-livekit/.installed .venv-pipecat/.installed tests/node/node_modules/.installed
 	$(BIN)/python -m pytest
 
 # mitmproxy 11.0.2 (the last release for Python 3.11) in its own venv: the benchmark's slow baseline.

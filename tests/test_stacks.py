@@ -1,18 +1,26 @@
 """The stacks voice agents are built on, as real clients: aiohttp under `rtcap run` (the
 oldest and newest aiohttp the shim supports), LiveKit Agents' and Pipecat's OpenAI realtime
-clients under `rtcap run` (each in a venv of its own, made by `make test`), and whatever
-else stands in the README's table of stacks."""
+clients under `rtcap run` (each in a venv of its own, made by `make test`), Node clients
+(the openai package's realtime client and `ws`, installed in tests/node by `make test`) and
+Debian's headless Chromium through `rtcap proxy`."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
+import shutil
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from analyzer.locate import capture_files
 from recorder.capture import read_capture
+from tests.conftest import PROXY_VARS
+from tests.test_proxy import wait_for
 from tests.test_shim import APPS, CLOSE_AFTER_CLEAR, ROOT, assert_same_as_server, rtcap_run
 
 DROP_ON_REQUEST = "drop field=response.create:response.metadata.drop=yes"  # what aiohttp_styles.py expects
@@ -90,3 +98,95 @@ def test_a_framework_turn_with_a_tool_call_is_recorded(simulator, captures, fram
     messages = [(m.direction, json.loads(m.data())) for m in read_capture(path).messages]
     assert ("received", "response.function_call_arguments.done") in [(d, e["type"]) for d, e in messages]
     assert any(d == "sent" and e.get("item", {}).get("type") == "function_call_output" for d, e in messages)
+
+
+NODE_DIR = ROOT / "tests" / "node"
+PAGE = ROOT / "tests" / "browser" / "realtime.html"
+
+
+def assert_relayed_exactly(captures: Path, session, key: str):
+    """The proxy's one capture holds exactly what the server received and sent, unredacted
+    (no message held the key), and the key appears nowhere in the file."""
+    [path] = capture_files(captures)
+    wait_for(lambda: read_capture(path).state == "closed")
+    capture = read_capture(path)
+    assert [m.data() for m in capture.messages if m.direction == "sent"] == [
+        m.encode() if isinstance(m, str) else m for m in session.received
+    ]
+    assert [m.data() for m in capture.messages if m.direction == "received"] == [
+        m.encode() if isinstance(m, str) else m for m in session.sent
+    ]
+    assert not any(m.redacted for m in capture.messages)
+    assert key.encode() not in path.read_bytes()
+    return capture
+
+
+@pytest.mark.parametrize("script", ["openai_realtime.mjs", "ws_client.mjs"])
+def test_node_clients_are_recorded_through_the_proxy(simulator, start_proxy, captures, script) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed on this machine (the Node clients need it)")
+    assert (NODE_DIR / "node_modules" / ".installed").exists(), "tests/node/node_modules is missing: run `make test`"
+    proxy = start_proxy(simulator.url)
+    key = "sk-node-canary-0a1b2c3d"
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
+    result = subprocess.run(
+        [node, script, proxy.url, key], cwd=NODE_DIR, capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == (["get_weather", "ok"] if script.startswith("openai") else ["ok"])
+    [session] = simulator.sessions
+    assert session.done.wait(10)
+    capture = assert_relayed_exactly(captures, session, key)
+    headers = {k.lower(): v for k, v in capture.header["request_headers"]}
+    assert headers["authorization"] == "[REDACTED]" and session.headers["Authorization"] == f"Bearer {key}"
+    assert (capture.end["closed_by"], capture.end["code"]) == ("client", 1000)
+    if script.startswith("openai"):  # a turn with a tool call
+        sent = [json.loads(m.data()) for m in capture.messages if m.direction == "sent"]
+        assert [e["type"] for e in sent][-2:] == ["conversation.item.create", "response.create"]
+        assert sent[-2]["item"]["type"] == "function_call_output"
+    else:
+        assert any(m.opcode == "binary" for m in capture.messages)
+
+
+class _Page(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, directory=str(PAGE.parent), **kwargs)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_browser_is_recorded_through_the_proxy(simulator, start_proxy, captures) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    proxy = start_proxy(simulator.url)
+    key = "sk-browser-canary-4e5f6a7b"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium)
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{server.server_port}/{PAGE.name}?url={proxy.url}&key={key}")
+                page.wait_for_function("window.result !== undefined", timeout=30_000)
+                result = page.evaluate("window.result")
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result["protocol"] == "realtime" and result["code"] == 1000
+    assert result["types"][0] == "session.created" and result["types"][-1] == "response.done"
+    [session] = simulator.sessions
+    assert session.done.wait(10)
+    assert session.headers["Sec-WebSocket-Protocol"] == f"realtime, openai-insecure-api-key.{key}"
+    capture = assert_relayed_exactly(captures, session, key)
+    assert capture.header["subprotocol"] == "realtime"
+    assert capture.header["subprotocols"] == ["realtime", "openai-insecure-api-key.[REDACTED]"]
+    assert any(m.opcode == "binary" for m in capture.messages)
+    assert (capture.end["closed_by"], capture.end["code"], capture.end["reason"]) == ("client", 1000, "bye")

@@ -165,7 +165,7 @@ def show(
 
 
 @click.command()
-@click.argument("session")
+@click.argument("sessions", metavar="SESSION...", nargs=-1, required=True)
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout."
 )
@@ -175,22 +175,53 @@ def show(
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write input.wav and output.wav into DIR.",
 )
+@click.option(
+    "--har",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the sessions as a HAR file instead (one entry each, messages in _webSocketMessages).",
+)
+@click.option(
+    "--har-audio",
+    type=click.Choice(["keep", "length"]),
+    default="keep",
+    show_default=True,
+    help="With --har: keep base64 audio, or replace it by its length.",
+)
 @captures_option
-def export(session: str, output: Path | None, audio_dir: Path | None, captures: Path) -> None:
-    """Print a session's exact messages as JSON lines.
+def export(
+    sessions: tuple[str, ...],
+    output: Path | None,
+    audio_dir: Path | None,
+    har: Path | None,
+    har_audio: str,
+    captures: Path,
+) -> None:
+    """Print a session's exact messages as JSON lines, or write sessions as a HAR.
 
     SESSION is a session id, a unique prefix of one, a capture file, or the server's own
     session id (sess_...). Each line is {"seq", "t_ns", "direction", "opcode", "data",
     "redacted"}: data is the exact text of the message, or base64 for a binary one.
+    With --har FILE, every SESSION given is one entry of FILE, which DevTools, HTTP
+    Toolkit and mitmproxy open and `rtcap import` reads back exactly.
 
     \b
     Example:
       rtcap export 20261125T2337 --output session.jsonl
+      rtcap export 20261125T2337 20261125T2341 --har sessions.har
     """
     from analyzer.export import write_jsonl
     from analyzer.render import private_file
 
-    capture = load(captures, session)
+    if har is not None:
+        if output is not None or audio_dir is not None:
+            raise BadUsage("--har writes a HAR: use it without --output and --audio")
+        from analyzer.commands.interchange import export_har
+
+        export_har([load(captures, session) for session in sessions], har, har_audio)
+        return
+    if len(sessions) > 1:
+        raise BadUsage("export writes one session as JSON lines; several go into one file with --har FILE")
+    capture = load(captures, sessions[0])
     if capture.state == "damaged":
         click.echo(f"rtcap: warning: {capture.path} is damaged: {'; '.join(capture.problems)}", err=True)
     if audio_dir is not None:

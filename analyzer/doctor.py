@@ -11,10 +11,11 @@ numbers) and advice; thresholds are SPEC's. Two checks need words defined:
   response (a bad ``session.update``) has nothing to retry. The check fails on a *tight*
   retry, one within 1 s of the failure: no backoff. The user's next turn after a failure
   (new audio, a new message) is not a retry, however soon it comes.
-- A *reconnect* is a session that opens within 5 s after one from the same app closed
-  abnormally. The same app: the same labels, the same host, URL path and model, and the
-  same ``User-Agent`` request header (or none in both). Sessions of two apps, labelled or
-  not, are never each other's reconnects.
+- A *reconnect* is a session that opens within 5 s after one of its chain (the
+  ``sessions`` view's ``chain_id``: the same conversation label, or the same labels,
+  host, URL path and model) closed abnormally, with the same ``User-Agent`` request header
+  (or none in both). Sessions of two chains are never each other's reconnects.
+- The protocol linter's checks (:mod:`analyzer.lint`) follow the nine, in the same rows.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pyarrow as pa
 from recorder import events
 from recorder.capture import CaptureError, read_capture
 
+from .lint import lint
 from .views import Captures
 
 MAX_APPEND_BYTES = 15 * 1024 * 1024
@@ -153,6 +155,7 @@ def _checks(captures: Captures, session_id: str | None) -> list[dict[str, str]]:
         [*params, events.ERROR, events.RESPONSE_DONE, "server"],
     ).to_pylist():
         failures[row["session_id"]].append((row["seq"], row["t_s"], row["created_seq"]))
+    linted = lint(captures, chosen, params)
     out: list[dict[str, str]] = []
     for sid, started, ended, expires, *_ in sessions:
         found = by_session[sid]
@@ -166,6 +169,7 @@ def _checks(captures: Captures, session_id: str | None) -> list[dict[str, str]]:
             _rate_limits(sid, found),
             _retries(sid, found, failures[sid]),
             _repeat_failures(sid, outcomes[sid]),
+            *linted.get(sid, []),
         ]
     out += _reconnects(captures, [s[0] for s in sessions])
     return out
@@ -387,8 +391,7 @@ def _reconnects(captures: Captures, chosen: list[str]) -> list[dict[str, str]]:
     """Reconnects (see the module's docstring) for the ``chosen`` sessions; the sessions
     they follow may be any in the views."""
     found = captures.sql(
-        "SELECT session_id, started_at, ended_at, labels, close_code, host, url, model, file "
-        "FROM sessions ORDER BY started_at"
+        "SELECT session_id, started_at, ended_at, close_code, file, chain_id FROM sessions ORDER BY started_at"
     ).to_pylist()
     agents: dict[str, str | None] = {}
 
@@ -396,10 +399,6 @@ def _reconnects(captures: Captures, chosen: list[str]) -> list[dict[str, str]]:
         if session["session_id"] not in agents:
             agents[session["session_id"]] = _user_agent(captures.index.root / session["file"])
         return agents[session["session_id"]]
-
-    def app(session: dict[str, Any]) -> tuple[Any, ...]:
-        labels = sorted((str(k), str(v)) for k, v in session["labels"] or [])
-        return labels, session["host"], events.url_path(session["url"]), session["model"]
 
     out = []
     wanted = set(chosen)
@@ -412,12 +411,12 @@ def _reconnects(captures: Captures, chosen: list[str]) -> list[dict[str, str]]:
             if code is None or not events.abnormal_close(code) or ended is None or started is None:
                 continue
             gap = (started - ended).total_seconds()
-            if 0 <= gap <= RECONNECT_S and app(previous) == app(session):
+            if 0 <= gap <= RECONNECT_S and previous["chain_id"] == session["chain_id"]:
                 if user_agent(previous) == user_agent(session):
                     quick = (previous["session_id"], code, gap)
         if quick:
             previous_id, code, gap = quick
-            evidence = f"opened {gap:.1f} s after {previous_id}, from the same app, closed abnormally ({code})"
+            evidence = f"opened {gap:.1f} s after {previous_id}, of its chain, closed abnormally ({code})"
             out.append(_row(session["session_id"], "reconnects", "warn", evidence))
         else:
             out.append(_row(session["session_id"], "reconnects", "pass", "no reconnect right after an abnormal close"))

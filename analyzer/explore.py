@@ -121,6 +121,31 @@ def session_timeline(captures: Captures, session_id: str, around: int | None = N
     )
 
 
+def chain_timeline(captures: Captures, session_id: str) -> pa.Table:
+    """``rtcap show --chain``: the timelines of every session of ``session_id``'s chain (the
+    ``sessions`` view's ``chain_id``: one conversation across reconnects), in order, as one:
+    a ``session_id`` column first, times from the first session's start, and each
+    session's first gap from the last line of the one before."""
+    chain = captures.sql(
+        "SELECT session_id, started_at FROM sessions WHERE chain_id = "
+        "(SELECT chain_id FROM sessions WHERE session_id = ?) ORDER BY started_at, session_id",
+        [session_id],
+    ).to_pylist()
+    parts = []
+    previous_t = 0.0
+    for member in chain:
+        offset = (member["started_at"] - chain[0]["started_at"]).total_seconds()
+        lines = session_timeline(captures, member["session_id"]).to_pylist()
+        for n, line in enumerate(lines):
+            line["t_s"] += offset
+            if n == 0:
+                line["gap_s"] = line["t_s"] - previous_t
+            previous_t = line["t_s"]
+            parts.append({"session_id": member["session_id"], **line})
+    schema = pa.schema([("session_id", pa.string()), *TIMELINE_SCHEMA])
+    return pa.Table.from_pylist(parts, schema=schema)
+
+
 def message_json(capture: Capture, seq: int) -> str:
     """One message of a capture in full (``rtcap show --seq``): its JSON, indented, or its
     text as it was, or base64 for a binary message. Raises ``ValueError`` for a seq the

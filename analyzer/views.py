@@ -1,5 +1,5 @@
-"""SQL over every capture: the DuckDB views ``sessions``, ``events``, ``failures`` and
-``responses`` on top of the index, and the Python API for them.
+"""SQL over every capture: the DuckDB views ``sessions``, ``events``, ``failures``,
+``responses`` and ``turns`` on top of the index, and the Python API for them.
 
     from analyzer.views import open_captures
     table = open_captures("captures").sql("SELECT type, count(*) FROM events GROUP BY ALL")
@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from recorder import events
+from recorder import events, turns
 
 from .db import connect, in_list, json_path, lock
 from .index import MANIFEST_SCHEMA, Index, UpdateReport
@@ -43,6 +43,61 @@ _EMPTY_EVENTS = """
 
 def _error(field: str, path: tuple[str, ...]) -> str:
     return json_path("e.payload::JSON", (*path, field))
+
+
+CONVERSATION_LABEL = "conversation"
+"""A label the client sets to the same value on every connection of one conversation: the
+sessions that carry it form one chain, whatever their timing."""
+CHAIN_GAP_S = 5.0
+"""Without a conversation label, a session continues the chain of the session of the same
+app (labels, host, URL path, model) that started just before it when it starts at most
+this many seconds after that one ended."""
+
+_MARK_COLUMNS = ", ".join(f"t.{mark}_seq, t.{mark}_t_s" for mark in turns.MARKS)
+_TURNS_SCHEMA = pa.schema(
+    [("session_id", pa.string()), ("turn", pa.int64()), ("response_id", pa.string())]
+    + [field for mark in turns.MARKS for field in ((f"{mark}_seq", pa.int64()), (f"{mark}_t_s", pa.float64()))]
+    + [(name, pa.float64()) for name in turns.LATENCIES]
+    + [("barge_in", pa.bool_())]
+)
+_TURN_EVENTS = f"""
+    SELECT session_id, seq, t_ns, direction, type, response_id,
+           CASE WHEN type = '{turns.ITEM_CREATE}' THEN {json_path("payload::JSON", turns.ITEM_ROLE_PATH)} END AS role
+    FROM _events WHERE type IN {in_list(turns.TURN_EVENTS)}
+    UNION ALL
+    SELECT session_id, min(seq), arg_min(t_ns, seq), '{events.RECEIVED}', arg_min(type, seq), response_id, NULL
+    FROM _events WHERE type IN {in_list(turns.FIRST_AUDIO)} AND response_id IS NOT NULL GROUP BY session_id, response_id
+    UNION ALL
+    SELECT session_id, min(seq), arg_min(t_ns, seq), '{events.RECEIVED}', arg_min(type, seq), response_id, NULL
+    FROM _events WHERE type IN {in_list(turns.FIRST_TEXT)} AND response_id IS NOT NULL GROUP BY session_id, response_id
+    ORDER BY session_id, seq
+"""
+
+
+def _turns(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The turns of every session (:class:`recorder.turns.TurnTracker`), one row each."""
+    rows: list[dict[str, Any]] = []
+    tracker: turns.TurnTracker | None = None
+    current = None
+
+    def flush() -> None:
+        for turn in tracker.turns if tracker else []:
+            row: dict[str, Any] = {"session_id": current, "turn": turn.index, "response_id": turn.response_id}
+            for mark in turns.MARKS:
+                seq, t_ns = turn.marks.get(mark, (None, None))
+                row[f"{mark}_seq"], row[f"{mark}_t_s"] = seq, None if t_ns is None else t_ns / 1e9
+            row.update(turn.latencies())
+            row["barge_in"] = turn.barge_in
+            rows.append(row)
+
+    for session_id, seq, t_ns, direction, kind, response_id, role in con.execute(_TURN_EVENTS).fetchall():
+        if session_id != current:
+            flush()
+            current, tracker = session_id, turns.TurnTracker()
+        assert tracker is not None
+        tracker.add(seq, t_ns, direction, kind, response_id, role)
+    flush()
+    return pa.Table.from_pylist(rows, schema=_TURNS_SCHEMA)
 
 
 # Every protocol rule in these views comes from recorder.events: the event names, JSON
@@ -120,7 +175,7 @@ FROM (
     UNION ALL SELECT * FROM dropped
 );
 
-CREATE TEMP VIEW sessions AS
+CREATE TEMP VIEW _sessions AS
 WITH created AS (
     SELECT session_id,
            any_value(payload::JSON->'session'->>'id') AS server_session_id,
@@ -151,6 +206,43 @@ FROM _manifest m
 LEFT JOIN created c USING (session_id)
 LEFT JOIN counts k USING (session_id)
 LEFT JOIN fails f USING (session_id);
+
+CREATE TEMP VIEW sessions AS
+WITH apps AS (
+    SELECT session_id, started_at, ended_at,
+           labels['{CONVERSATION_LABEL}'] AS conversation,
+           -- the same app: labels, host, URL path, model (the query string aside)
+           CASE WHEN labels['{CONVERSATION_LABEL}'] IS NULL THEN
+               concat_ws(' ', CAST(map_entries(labels) AS VARCHAR), host,
+                         regexp_extract(url, '^[a-z]+://[^/?#]*([^?#]*)', 1), model) END AS app
+    FROM _sessions
+), ordered AS (
+    SELECT *, lag(ended_at) OVER (PARTITION BY app ORDER BY started_at, session_id) AS previous_end FROM apps
+), starts AS (
+    SELECT *, CASE WHEN conversation IS NOT NULL THEN false
+                   ELSE previous_end IS NOT NULL AND started_at >= previous_end
+                        AND started_at - previous_end <= INTERVAL {int(CHAIN_GAP_S * 1e6)} MICROSECONDS END AS continues
+    FROM ordered
+), numbered AS (
+    SELECT *, sum(CASE WHEN continues THEN 0 ELSE 1 END)
+                  OVER (PARTITION BY app ORDER BY started_at, session_id) AS chain_no
+    FROM starts
+), chains AS (
+    SELECT session_id,
+           CASE WHEN conversation IS NOT NULL
+                THEN first_value(session_id) OVER (PARTITION BY conversation ORDER BY started_at, session_id)
+                ELSE first_value(session_id) OVER (PARTITION BY app, chain_no ORDER BY started_at, session_id)
+           END AS chain_id
+    FROM numbered
+)
+SELECT s.*, c.chain_id FROM _sessions s LEFT JOIN chains c USING (session_id);
+
+CREATE TEMP VIEW turns AS
+SELECT t.session_id, t.turn, t.response_id,
+       {_MARK_COLUMNS},
+       {", ".join(turns.LATENCIES)},
+       r.status, r.input_tokens, r.output_tokens, r.audio_out_ms, t.barge_in
+FROM _turns t LEFT JOIN responses r USING (session_id, response_id);
 """
 
 
@@ -180,9 +272,11 @@ class Captures:
         without it they are left out of every view."""
         self.report = self.index.update(progress) if update else UpdateReport()
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
+    def _connect(self, query: str = "") -> duckdb.DuckDBPyConnection:
         """A sandboxed connection with the views over the index as it is now (call it
-        with the index's read lock held, so the files it names stay until the query ends)."""
+        with the index's read lock held, so the files it names stay until the query ends).
+        The turns are found only for a ``query`` that names them (they take a pass over
+        the index's turn events); other queries see the view empty."""
         import pyarrow.dataset as ds
         import pyarrow.parquet as pq
 
@@ -204,6 +298,8 @@ class Captures:
                 "CREATE TEMP VIEW _events AS SELECT * FROM _all_events"
                 + ("" if self.include_replays else " WHERE session_id IN (SELECT session_id FROM _manifest)")
             )
+            named = "turns" in query.lower()
+            con.register("_turns", _turns(con) if named else _TURNS_SCHEMA.empty_table())
             con.execute(_VIEWS)
             lock(con)
         except BaseException:
@@ -214,7 +310,7 @@ class Captures:
     def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
         """Run one reading statement; returns its rows as an Arrow table."""
         with self.index.reading():
-            con = self._connect()
+            con = self._connect(query)
             try:
                 try:
                     statements = con.extract_statements(query)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from recorder import events
+from recorder import events, turns
 
 
 @pytest.mark.parametrize(
@@ -338,3 +338,177 @@ def test_without_client_chosen(event, kept) -> None:
     original = json.loads(json.dumps(event))
     assert events.without_client_chosen(event) == kept
     assert event == original
+
+
+# -- turns, latencies and a client's mistakes (recorder.turns) -----------------------------
+
+S, R = "sent", "received"
+_CREATED = {"type": "response.created", "response": {"id": "resp_1"}}
+_AUDIO = {"type": "response.output_audio.delta", "response_id": "resp_1", "delta": ""}
+_TEXT = {"type": "response.output_audio_transcript.delta", "response_id": "resp_1", "delta": "hi"}
+_DONE = {"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}
+
+
+def _t(kind: str, **fields: object) -> dict:
+    return {"type": kind, **fields}
+
+
+@pytest.mark.parametrize(
+    ("stream", "rows"),
+    [
+        (  # server VAD, beta names: speech, commit, the server's own response
+            [
+                (R, _t("input_audio_buffer.speech_started")),
+                (R, _t("input_audio_buffer.speech_stopped")),
+                (R, _t("input_audio_buffer.committed", item_id="item_1")),
+                (R, _CREATED),
+                (R, {**_AUDIO, "type": "response.audio.delta"}),
+                (R, {**_TEXT, "type": "response.audio_transcript.delta"}),
+                (R, _DONE),
+            ],
+            [("user", "resp_1", [0, 1, 2, None, 3, 4, 5, 6], [300.0, 100.0, 100.0], False)],
+        ),
+        (  # push to talk: the client's commit and response.create come before the server's committed
+            [
+                (S, _t("input_audio_buffer.commit")),
+                (S, _t("response.create")),
+                (R, _t("input_audio_buffer.committed", item_id="item_1")),
+                (R, _CREATED),
+                (R, _TEXT),
+                (R, _AUDIO),
+                (R, _DONE),
+            ],
+            [("user", "resp_1", [None, None, 2, 1, 3, 5, 4, 6], [300.0, 100.0, 200.0], False)],
+        ),
+        (  # a typed user message, then a tool's follow-up with no user turn
+            [
+                (S, _t("conversation.item.create", item={"type": "message", "role": "user"})),
+                (S, _t("response.create")),
+                (R, _CREATED),
+                (R, _DONE),
+                (S, _t("conversation.item.create", item={"type": "function_call_output", "call_id": "call_1"})),
+                (S, _t("response.create")),
+                (R, {**_CREATED, "response": {"id": "resp_2"}}),
+            ],
+            [
+                ("user", "resp_1", [None, None, 0, 1, 2, None, None, 3], [None, 200.0, None], False),
+                ("none", "resp_2", [None, None, None, 5, 6, None, None, None], [None, None, None], False),
+            ],
+        ),
+        (  # barge-in: speech starts while the response is active; the user's turn is its own row
+            [
+                (R, _t("input_audio_buffer.committed", item_id="item_1")),
+                (R, _CREATED),
+                (R, _AUDIO),
+                (R, _t("input_audio_buffer.speech_started")),
+                (R, _DONE),
+            ],
+            [
+                ("user", "resp_1", [None, None, 0, None, 1, 2, None, 4], [200.0, 100.0, 100.0], True),
+                ("user", None, [3, None, None, None, None, None, None, None], [None, None, None], False),
+            ],
+        ),
+        (  # barge-in by the client, after the response ended: a truncate of its audio
+            [
+                (R, _t("input_audio_buffer.committed", item_id="item_1")),
+                (R, _CREATED),
+                (R, _DONE),
+                (S, _t("conversation.item.truncate", item_id="item_2", content_index=0, audio_end_ms=100)),
+            ],
+            [("user", "resp_1", [None, None, 0, None, 1, None, None, 2], [None, 100.0, None], True)],
+        ),
+    ],
+)
+def test_turns(stream, rows) -> None:
+    found = turns.turns((seq, seq * 100_000_000, d, e) for seq, (d, e) in enumerate(stream))
+    got = [
+        (
+            "user" if t.user else "none",
+            t.response_id,
+            [t.marks.get(m, (None, 0))[0] for m in turns.MARKS],
+            list(t.latencies().values()),
+            t.barge_in,
+        )
+        for t in found
+    ]
+    assert got == rows
+
+
+@pytest.mark.parametrize(
+    ("stream", "mistakes"),
+    [
+        ([(S, _t("response.create")), (R, _CREATED), (S, _t("response.create"))], ["overlapping response"]),
+        ([(S, _t("response.create")), (R, _CREATED), (R, _DONE), (S, _t("response.create"))], []),
+        (  # out of band: may run beside the active response
+            [(R, _CREATED), (S, _t("response.create", response={"conversation": "none"}))],
+            [],
+        ),
+        ([(S, _t("response.cancel"))], ["cancel without response"]),
+        ([(R, _CREATED), (S, _t("response.cancel"))], []),
+        (
+            [(R, _CREATED), (S, _t("response.cancel", response_id="resp_9"))],
+            ["cancel without response", "unknown ids"],
+        ),
+        ([(S, _t("conversation.item.delete", item_id="item_9"))], ["unknown ids"]),
+        (
+            [
+                (R, _t("conversation.item.added", item={"id": "item_1"})),
+                (R, _t("conversation.item.deleted", item_id="item_1")),
+                (S, _t("conversation.item.retrieve", item_id="item_1")),
+            ],
+            ["unknown ids"],
+        ),
+        (
+            [
+                (R, _t("conversation.item.added", item={"id": "item_1"})),
+                (S, _t("conversation.item.create", previous_item_id="item_1", item={"id": "mine"})),
+                (S, _t("conversation.item.create", previous_item_id="root", item={"id": "mine2"})),
+            ],
+            [],
+        ),
+        (
+            [(S, _t("conversation.item.create", item={"type": "function_call_output", "call_id": "call_9"}))],
+            ["unknown ids"],
+        ),
+        (
+            [
+                (S, _t("input_audio_buffer.append", audio="AAAA")),
+                (S, _t("session.update", session={"input_audio_format": "g711_ulaw"})),
+            ],
+            ["format change"],
+        ),
+        (
+            [
+                (S, _t("session.update", session={"audio": {"input": {"format": {"type": "audio/pcmu"}}}})),
+                (S, _t("input_audio_buffer.append", audio="AAAA")),
+            ],
+            [],
+        ),
+    ],
+)
+def test_client_state(stream, mistakes) -> None:
+    state = turns.ClientState()
+    found = [kind for seq, (d, e) in enumerate(stream) for kind, _ in state.add(seq, d, e)]
+    assert found == mistakes
+
+
+@pytest.mark.parametrize(
+    ("host", "expires_in", "limit"),
+    [
+        ("api.openai.com", None, 3600.0),
+        ("res.openai.azure.com", None, 1800.0),
+        ("api.openai.com", 1200.0, 1200.0),
+        (None, 0.0, 3600.0),
+    ],
+)
+def test_max_session_s(host, expires_in, limit) -> None:
+    assert turns.max_session_s(host, expires_in) == limit
+
+
+def test_tool_calls() -> None:
+    done = {
+        "type": "response.done",
+        "response": {"output": [{"type": "function_call", "call_id": "call_1"}, {"type": "message"}]},
+    }
+    assert turns.tool_calls(done) == ["call_1"]
+    assert turns.tool_calls({"type": "response.done", "response": {"output": "odd"}}) == []

@@ -98,6 +98,7 @@ def sessions(
     help="Write the session's page (a timeline with its audio, self-contained) to FILE.",
 )
 @click.option("--no-audio", is_flag=True, help="With --html: leave the audio out of the page (the waveforms stay).")
+@click.option("--chain", is_flag=True, help="Show every session of SESSION's chain (its reconnects) as one timeline.")
 @output_options
 @captures_option
 def show(
@@ -107,6 +108,7 @@ def show(
     one: int | None,
     html: Path | None,
     no_audio: bool,
+    chain: bool,
     fmt: str | None,
     output: Path | None,
     captures: Path,
@@ -123,8 +125,15 @@ def show(
       rtcap show 20261125T2341 --around 118 --context 10
       rtcap show 20261125T2341 --seq 121
       rtcap show 20261125T2341 --html session.html
+      rtcap show 20261125T2341 --chain
     """
     from analyzer.explore import message_json, render_timeline, session_timeline
+
+    if chain:
+        if around is not None or one is not None or html is not None:
+            raise BadUsage("--chain shows whole sessions: leave out --around, --seq and --html")
+        _show_chain(captures, session, fmt, output)
+        return
 
     if context is not None and around is None:
         raise BadUsage("--context goes with --around")
@@ -162,6 +171,23 @@ def show(
         render_timeline(lines, sys.stdout, color=sys.stdout.isatty())
     else:
         emit(lines, fmt, output)
+
+
+def _show_chain(captures: Path, session: str, fmt: str | None, output: Path | None) -> None:
+    import pyarrow.compute as pc
+
+    from analyzer.explore import chain_timeline, render_timeline
+
+    capture = load(captures, session, max_messages=1)
+    lines = library(chain_timeline, open_for_session(captures, capture), capture.session_id)
+    if output is not None or fmt not in (None, "table"):
+        emit(lines, fmt, output)
+        return
+    members = list(dict.fromkeys(lines.column("session_id").to_pylist()))
+    for n, member in enumerate(members, 1):
+        part = lines.filter(pc.equal(lines.column("session_id"), member)).drop_columns(["session_id"])
+        click.echo(f"session {member} ({n} of {len(members)} in its chain)")
+        render_timeline(part, sys.stdout, color=sys.stdout.isatty())
 
 
 @click.command()

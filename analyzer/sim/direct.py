@@ -14,6 +14,7 @@ have recorded them, timed by the fake clock: a session of minutes takes millisec
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import heapq
 import itertools
 import json
@@ -53,11 +54,15 @@ class DirectConnection:
         self._inbox: collections.deque[str] = collections.deque()
         self._parked: Process | None = None
         self._unseen: collections.deque[dict[str, Any]] = collections.deque()
+        self.timeline: list[tuple[float, dict[str, Any]]] = []
+        """Every event the server sent, with the time on the fake clock it sent it: the
+        simulator's own account of its timing."""
 
-    def open(self) -> None:
-        """The handshake is done: time zero. The server's opening runs as the clock moves."""
+    def open(self, wall: dt.datetime | None = None) -> None:
+        """The handshake is done: time zero (at ``wall``, else now, on the wall clock). The
+        server's opening runs as the fake clock moves."""
         if self.recorder is not None:
-            self.recorder.start(0)
+            self.recorder.start(0, wall=wall)
         self._schedule(0.0, self._serve())
         self._schedule(self.session.max_session_s, self._expire())
 
@@ -140,6 +145,7 @@ class DirectConnection:
                 text = json.dumps(step.event, separators=(",", ":"))
                 self._record(RECEIVED, text)
                 self._unseen.append(json.loads(text))
+                self.timeline.append((self.now, self._unseen[-1]))
                 yield self.now  # the client may act on it before anything else happens
 
     def _schedule(self, at: float, process: Process) -> None:

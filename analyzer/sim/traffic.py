@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import datetime as dt
 import json
 import random
 from collections.abc import Generator
@@ -33,7 +35,7 @@ from recorder.proxy import RecordingProxy
 from recorder.serving import ServerThread, serve_until_stopped
 from recorder.session import SessionRecorder
 
-from .direct import DirectConnection
+from .direct import DROPPED, DirectConnection
 from .simulator import RunningSimulator, Simulator
 
 VOICES = ["alloy", "echo", "shimmer", "verse"]
@@ -192,6 +194,9 @@ def record_direct(
     turns: tuple[int, int] = (3, 6),
     late: float = 0.0,
     think: float = 0.0,
+    reconnect: float | None = None,
+    conversation: bool = True,
+    log: list[Connection] | None = None,
 ) -> None:
     """Record ``sessions`` varied sessions into ``root`` as :func:`record` does, without
     a socket: each runs on a fake clock in simulated real time (a response takes its
@@ -199,36 +204,102 @@ def record_direct(
     ``proxy``). With the same seed and faults that do not look at time, the sessions say
     what :func:`record` with ``parallel=1`` has them say. ``turns`` and ``late`` shape the
     client (see :func:`client`); with ``think``, the user pauses up to that many seconds
-    before each turn after the first (drawn apart, so the client's script is unchanged)."""
+    before each turn after the first (drawn apart, so the client's script is unchanged).
+
+    With ``reconnect`` (seconds), ``sessions`` is a number of conversations: when the
+    server drops a connection, the client opens a new one that many seconds later, sends
+    its ``session.update`` again, repeats the turn the drop cut short and goes on. The
+    connections are then laid out one after another on the wall clock (a minute apart
+    between conversations), and each carries the label ``conversation=<seed>/<n>`` unless
+    ``conversation`` is false; the client gives up after :data:`MAX_RECONNECTS`. ``log``
+    receives a :class:`Connection` for every connection made: the simulator's own account
+    of its reconnects and its timing."""
     simulator = Simulator(faults, seed=seed)
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
+    wall = dt.datetime.now(dt.UTC)
     for n in range(sessions):
-        session = simulator.new_session(path, (), now=0.0)
-        recorder = SessionRecorder.create(
-            root, url=url, request_headers=[], recorder="proxy", labels=labels or {"corpus": "precursors"}
-        )
-        connection = DirectConnection(session, recorder)
-        connection.open()
+        tags = dict(labels or {"corpus": "precursors"})
+        if reconnect is not None and conversation:
+            tags[CONVERSATION_LABEL] = f"{seed}/{n}"
         pauses = random.Random(f"{seed}/{n}/think") if think else None
-        _direct_session(connection, client(random.Random(f"{seed}/{n}"), turns, late), pauses, think)
+        script = client(random.Random(f"{seed}/{n}"), turns, late)
+        previous: Connection | None = None
+        for attempt in range(MAX_RECONNECTS + 1):
+            session = simulator.new_session(path, (), now=0.0)
+            recorder = SessionRecorder.create(root, url=url, request_headers=[], recorder="proxy", labels=tags)
+            connection = DirectConnection(session, recorder)
+            connection.open(wall if reconnect is not None else None)
+            previous = Connection(recorder.session_id, n, previous.session_id if previous else None, connection, wall)
+            if log is not None:
+                log.append(previous)
+            resend = _direct_session(connection, script, pauses, think, reconnect is not None)
+            if reconnect is None:
+                break
+            wall = previous.started_at + dt.timedelta(seconds=connection.now)
+            if resend is None or attempt == MAX_RECONNECTS:
+                wall += dt.timedelta(seconds=60)
+                break
+            wall += dt.timedelta(seconds=reconnect)
+            script = _again(resend, script)
 
 
-def _direct_session(connection: DirectConnection, script: Client, pauses: random.Random | None, think: float) -> None:
+@dataclasses.dataclass
+class Connection:
+    """One connection :func:`record_direct` made: its recorded session, the conversation it
+    belongs to, the session it reconnected after (``None`` for a conversation's first),
+    the simulator's side of it and when it started on the wall clock."""
+
+    session_id: str
+    conversation: int
+    follows: str | None
+    connection: DirectConnection
+    started_at: dt.datetime
+
+
+MAX_RECONNECTS = 3
+"""How many times a client reconnects in one conversation before it gives up."""
+CONVERSATION_LABEL = "conversation"
+"""The label :func:`record_direct` gives every connection of one conversation."""
+
+
+def _again(batch: list[dict[str, Any]], script: Client) -> Client:
+    """A client's script after a reconnect: ``batch`` first, then the rest of ``script``."""
+    done = yield batch
+    while True:
+        try:
+            following = script.send(done)
+        except StopIteration:
+            return
+        done = yield following
+
+
+def _direct_session(
+    connection: DirectConnection, script: Client, pauses: random.Random | None, think: float, reconnects: bool = False
+) -> list[dict[str, Any]] | None:
+    """Run ``script`` on one connection. With ``reconnects``, a connection the server
+    dropped returns what to send on the next one (the session's settings and the batch
+    that was cut short); otherwise, and when the script ends, ``None``."""
+    settings: list[dict[str, Any]] = []
+    batch: list[dict[str, Any]] = []
     try:
         if connection.wait_for(lambda event: True) is None:  # session.created
-            return
+            return None
         batch = next(script)
         while True:
+            if not settings:
+                settings = [event for event in batch if event.get("type") == "session.update"][:1]
             for event in batch:
                 connection.send(json.dumps(event))
             done = connection.wait_for(is_response_done)
             if done is None:
-                return
+                if reconnects and connection.close_code == DROPPED:
+                    return settings + [event for event in batch if event.get("type") != "session.update"]
+                return None
             batch = script.send(done)
             if pauses is not None:
                 connection.idle(pauses.uniform(0, think))
     except StopIteration:
-        pass
+        return None
     finally:
         connection.close()

@@ -1,0 +1,136 @@
+"""The turns view and rtcap latency: latencies equal the simulator's own timing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from analyzer.cli import cli
+from analyzer.latency import latency
+from analyzer.sim.traffic import Connection, record_direct
+from analyzer.views import open_captures
+from recorder import events, turns
+
+NS = 1e-6
+"""The recording's clock resolution, in ms (t_ns)."""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Connection]]:
+    root = tmp_path_factory.mktemp("turns") / "captures"
+    log: list[Connection] = []
+    record_direct(root, ["fail p=0.15", "drop p=0.05"], sessions=12, seed=17, think=3.0, reconnect=0.5, log=log)
+    return root, log
+
+
+def simulator_timing(connection: Connection) -> dict[str, dict[str, float]]:
+    """Per response id, from the simulator's own account of what it sent when: the
+    commit since the previous response ended, response.created, first audio, first text."""
+    timing: dict[str, dict[str, float]] = {}
+    commit = None
+    for now, event in connection.connection.timeline:
+        kind = events.event_type(event)
+        if kind == turns.COMMITTED:
+            commit = now
+        elif kind == events.RESPONSE_STARTED:
+            timing[event["response"]["id"]] = {"created": now, **({"commit": commit} if commit is not None else {})}
+            commit = None
+        elif kind in turns.FIRST_AUDIO + turns.FIRST_TEXT:
+            name = "audio" if kind in turns.FIRST_AUDIO else "text"
+            timing[event["response_id"]].setdefault(name, now)
+    return timing
+
+
+def test_latencies_equal_the_simulators_timing(corpus: tuple[Path, list[Connection]]) -> None:
+    root, log = corpus
+    rows = open_captures(root).sql("SELECT * FROM turns WHERE response_id IS NOT NULL").to_pylist()
+    by_response = {(r["session_id"], r["response_id"]): r for r in rows}
+    checked = 0
+    for connection in log:
+        for response_id, at in simulator_timing(connection).items():
+            row = by_response.pop((connection.session_id, response_id))
+            assert row["response_created_t_s"] == pytest.approx(at["created"], abs=1e-9)
+            if "commit" in at:
+                assert row["commit_to_created_ms"] == pytest.approx((at["created"] - at["commit"]) * 1e3, abs=2 * NS)
+                checked += 1
+            else:
+                assert row["commit_to_created_ms"] is None and row["committed_seq"] is None
+            if "audio" in at:
+                want = (at["audio"] - at["created"]) * 1e3
+                assert row["created_to_first_audio_ms"] == pytest.approx(want, abs=2 * NS)
+            else:
+                assert row["created_to_first_audio_ms"] is None
+            if "text" in at:
+                assert row["first_text_t_s"] == pytest.approx(at["text"], abs=1e-9)
+    assert by_response == {}  # every response the view has, the simulator made
+    assert checked >= 20
+
+
+def test_push_to_talk_turns(corpus: tuple[Path, list[Connection]]) -> None:
+    root, _ = corpus
+    captures = open_captures(root)
+    rows = captures.sql(
+        "SELECT count(*) AS n, count(committed_seq) AS committed, count(speech_started_seq) AS speech, "
+        "count(*) FILTER (WHERE speech_end_to_first_audio_ms = commit_to_created_ms + created_to_first_audio_ms) "
+        "AS summed, count(*) FILTER (WHERE first_audio_seq IS NOT NULL) AS audio FROM turns"
+    ).to_pylist()[0]
+    # no server VAD here: the end of speech is the commit, and the latencies add up
+    assert rows["speech"] == 0 and rows["committed"] > 0
+    assert rows["summed"] == len(
+        captures.sql("SELECT * FROM turns WHERE committed_seq IS NOT NULL AND first_audio_seq IS NOT NULL")
+    )
+    statuses = {r["status"] for r in captures.sql("SELECT DISTINCT status FROM turns").to_pylist()}
+    assert {"completed", "failed"} <= statuses
+
+
+def test_turns_columns(corpus: tuple[Path, list[Connection]]) -> None:
+    root, _ = corpus
+    names = open_captures(root).sql("SELECT * FROM turns LIMIT 0").schema.names
+    marks = [f"{m}_{x}" for m in turns.MARKS for x in ("seq", "t_s")]
+    assert names == [
+        "session_id", "turn", "response_id", *marks,
+        "speech_end_to_first_audio_ms", "commit_to_created_ms", "created_to_first_audio_ms",
+        "status", "input_tokens", "output_tokens", "audio_out_ms", "barge_in",
+    ]  # fmt: skip
+
+
+def test_latency_percentiles(corpus: tuple[Path, list[Connection]]) -> None:
+    root, _ = corpus
+    captures = open_captures(root)
+    table = latency(captures).to_pylist()
+    assert [(r["kind"], r["group"]) for r in table if r["group"] == "all"] == [(k, "all") for k in turns.LATENCIES]
+    for row in table:
+        kind = row["kind"]
+        values = sorted(r[kind] for r in captures.sql(f"SELECT {kind} FROM turns WHERE {kind} IS NOT NULL").to_pylist())
+        if row["group"] == "all":
+            assert row["turns"] == len(values)
+            assert row["p50_ms"] == pytest.approx(_quantile(values, 0.5))
+            assert row["p99_ms"] == pytest.approx(_quantile(values, 0.99))
+    groups = {r["group"] for r in table}
+    assert "corpus=precursors" in groups and "conversation=17/0" in groups
+
+
+def _quantile(values: list[float], p: float) -> float:
+    position = (len(values) - 1) * p
+    low = int(position)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (position - low)
+
+
+def test_latency_command(corpus: tuple[Path, list[Connection]]) -> None:
+    root, _ = corpus
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["latency", "--captures", str(root), "--format", "json", "--label", "conversation=17/1"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {r["group"] for r in rows} == {"all", "conversation=17/1", "corpus=precursors"}
+    assert list(rows[0]) == ["kind", "group", "turns", "p50_ms", "p90_ms", "p99_ms"]
+    csv = runner.invoke(cli, ["latency", "--captures", str(root), "--format", "csv", "--since", "2000-01-01"])
+    assert csv.output.splitlines()[0] == "kind,group,turns,p50_ms,p90_ms,p99_ms"
+    bad = runner.invoke(cli, ["latency", "--captures", str(root), "--label", "nolabel"])
+    assert bad.exit_code == 2 and bad.output.startswith("rtcap: error:")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from recorder import events, turns
+from recorder import events, telemetry, turns
 
 
 @pytest.mark.parametrize(
@@ -512,3 +512,81 @@ def test_tool_calls() -> None:
     }
     assert turns.tool_calls(done) == ["call_1"]
     assert turns.tool_calls({"type": "response.done", "response": {"output": "odd"}}) == []
+
+
+# ---------------------------------------------------------------------------
+# Telemetry (recorder.telemetry): usage, rate limits, vendor
+
+
+@pytest.mark.parametrize(
+    ("event", "counts"),
+    [
+        (
+            {
+                "type": "response.done",
+                "response": {
+                    "usage": {
+                        "input_tokens": 90,
+                        "output_tokens": 12,
+                        "input_token_details": {"audio_tokens": 40, "cached_tokens": 64},
+                        "output_token_details": {"audio_tokens": 9},
+                    }
+                },
+            },
+            {
+                "input_tokens": 90,
+                "output_tokens": 12,
+                "input_audio_tokens": 40,
+                "output_audio_tokens": 9,
+                "input_cached_tokens": 64,
+            },
+        ),
+        (
+            {"type": "response.done", "response": {"usage": {"input_tokens": 5, "output_tokens": None}}},
+            {"input_tokens": 5},
+        ),
+        ({"type": "response.done", "response": {"usage": {"input_tokens": True}}}, {}),
+        ({"type": "response.done", "response": {"status": "failed"}}, {}),
+        ({"type": "response.created", "response": {"usage": {"input_tokens": 5}}}, {}),
+    ],
+)
+def test_usage(event, counts) -> None:
+    assert telemetry.usage(event) == counts
+
+
+@pytest.mark.parametrize(
+    ("event", "limits"),
+    [
+        (
+            {
+                "type": "rate_limits.updated",
+                "rate_limits": [
+                    {"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 0.06},
+                    {"name": "tokens", "limit": 50000, "remaining": None},
+                    {"limit": 3},
+                    "odd",
+                ],
+            },
+            {"requests": {"limit": 1000, "remaining": 999, "reset_seconds": 0.06}, "tokens": {"limit": 50000}},
+        ),
+        ({"type": "rate_limits.updated", "rate_limits": None}, {}),
+        ({"type": "error", "rate_limits": [{"name": "requests", "limit": 1}]}, {}),
+    ],
+)
+def test_rate_limits(event, limits) -> None:
+    assert telemetry.rate_limits(event) == limits
+
+
+@pytest.mark.parametrize(
+    ("url", "vendor"),
+    [
+        ("wss://api.openai.com/v1/realtime?model=gpt-realtime", "openai"),
+        ("wss://res.openai.azure.com/openai/v1/realtime?model=d", "azure"),
+        ("wss://[REDACTED]@res.openai.azure.com/openai/realtime", "azure"),
+        ("ws://127.0.0.1:8766/v1/realtime", "openai"),
+        ("wss://[::1/", "openai"),
+        (None, "openai"),
+    ],
+)
+def test_vendor(url, vendor) -> None:
+    assert telemetry.vendor(url) == vendor

@@ -14,7 +14,7 @@ it was sent (str, bytes, fragments) or read (``recv``, ``recv_streaming``, itera
 
 Connections made with ``aiohttp`` are recorded by :mod:`recorder.shim_aiohttp`, into the
 same files. Opening a WebSocket with a Python client the shim does not record
-(``UNRECORDED``) says so once; at exit, the program ``rtcap run`` started says how many
+(:mod:`recorder.shim_unrecorded`) says so once; at exit, the program ``rtcap run`` started says how many
 sessions it recorded (see :func:`report`).
 
 If ``websockets.client`` is not imported yet, an import hook applies the patches when it
@@ -40,6 +40,7 @@ from time import monotonic_ns
 from types import ModuleType
 from typing import Any
 
+from . import shim_unrecorded
 from .capture import RECEIVED, SENT
 from .redact import Redactor
 from .session import SessionRecorder, default_captures, now_ns, warn, who_closed
@@ -48,7 +49,7 @@ ENV = "RTCAP_SHIM"
 """How ``rtcap run`` hands its settings to the interpreters it starts (JSON)."""
 
 _OP_CONT, _OP_TEXT, _OP_BINARY = 0, 1, 2
-USE_PROXY = "put `rtcap proxy` in front of the app instead"
+USE_PROXY = shim_unrecorded.USE_PROXY
 
 
 class _Config:
@@ -345,8 +346,8 @@ def _hooks(module: str) -> list[tuple[Any, str, Any]]:
         from . import shim_aiohttp
 
         return shim_aiohttp.hooks()
-    if module in UNRECORDED:
-        return _unrecorded_hooks(module)
+    if module in shim_unrecorded.UNRECORDED:
+        return shim_unrecorded.hooks(module)
     import websockets
 
     version = getattr(websockets, "__version__", "0")
@@ -380,39 +381,7 @@ def _hooks(module: str) -> list[tuple[Any, str, Any]]:
     ]
 
 
-# Python WebSocket clients the shim does not record: (module, function or method that opens
-# a connection, the library's name as pip knows it). Opening one says so, once.
-UNRECORDED = {
-    "websocket": (("create_connection", "WebSocket.connect"), "websocket-client"),
-    "tornado.websocket": (("websocket_connect",), "tornado"),
-    "trio_websocket": (("connect_websocket_url", "open_websocket_url"), "trio-websocket"),
-    "httpx_ws": (("connect_ws", "aconnect_ws"), "httpx-ws"),
-}
-
-
-def _unrecorded_hooks(module: str) -> list[tuple[Any, str, Any]]:
-    names, library = UNRECORDED[module]
-    loaded = sys.modules[module]
-    found = []
-    for dotted in names:
-        owner: Any = loaded
-        *path, name = dotted.split(".")
-        for part in path:
-            owner = getattr(owner, part, None)
-        if owner is not None and name in getattr(owner, "__dict__", {}):
-            found.append((owner, name, lambda f: _warning_first(f, library)))
-    return found
-
-
-def _warning_first(original: Any, library: str) -> Any:
-    def opening(*args: Any, **kwargs: Any) -> Any:
-        warn(f"this program opens a WebSocket with {library}, which `rtcap run` does not record; {USE_PROXY}")
-        return original(*args, **kwargs)
-
-    return opening
-
-
-HOOKED_MODULES = ("websockets.client", "websockets.legacy.client", "aiohttp.client", *UNRECORDED)
+HOOKED_MODULES = ("websockets.client", "websockets.legacy.client", "aiohttp.client", *shim_unrecorded.UNRECORDED)
 _patched: set[str] = set()
 
 

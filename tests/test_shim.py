@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -322,3 +323,14 @@ def test_at_exit_the_program_says_how_many_sessions_it_recorded(simulator, captu
         f"rtcap: recorded 2 sessions in {captures}",
     ]
     assert len(capture_files(captures)) == 3
+
+
+def test_a_program_that_is_not_python_is_named_before_it_runs(captures) -> None:
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed on this machine")
+    result = rtcap_run(captures, "node", "-e", "console.log('ran'); process.exit(3)")
+    assert (result.returncode, result.stdout) == (3, "ran\n")
+    assert result.stderr == (
+        "rtcap: warning: node runs Node, which `rtcap run` cannot record; "
+        "put `rtcap proxy` in front of the app instead\n"
+    )

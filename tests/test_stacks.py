@@ -80,6 +80,22 @@ def test_every_aiohttp_style_is_recorded(start_simulator, captures, version) -> 
     assert "handshake failed" in styles["unreachable"].end["error"]
 
 
+def test_install_and_uninstall_with_aiohttp_in_process(simulator, captures) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTCAP_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(installed("aiohttp-newest"))])
+    app = APPS / "aiohttp_install.py"
+    result = subprocess.run(
+        [sys.executable, str(app), simulator.url, str(captures)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
+    [path] = capture_files(captures)
+    capture = read_capture(path)
+    assert capture.header["url"].endswith("&run=recorded") and capture.header["labels"] == {"via": "api"}
+    [recorded, _] = simulator.sessions
+    assert recorded.done.wait(10)
+    assert_same_as_server(path, recorded, end=("client", 1000, ""))
+
+
 @pytest.mark.parametrize("framework", ["livekit", "pipecat"])
 def test_a_framework_turn_with_a_tool_call_is_recorded(simulator, captures, framework) -> None:
     # LiveKit's realtime model talks over aiohttp, Pipecat's over websockets.

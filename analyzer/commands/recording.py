@@ -99,7 +99,13 @@ def run(
       rtcap run --label app=kiosk -- python app.py --voice alloy
     """
     from recorder.shim import run_environment
+    from recorder.shim_unrecorded import USE_PROXY, foreign_runtime
 
+    runtime = foreign_runtime(command[0])
+    if runtime is not None:
+        click.echo(
+            f"rtcap: warning: {command[0]} runs {runtime}, which `rtcap run` cannot record; {USE_PROXY}", err=True
+        )
     env = run_environment(
         os.environ,
         captures=captures.absolute(),

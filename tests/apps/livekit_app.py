@@ -1,8 +1,10 @@
 """LiveKit Agents' OpenAI realtime model (livekit-plugins-openai) doing one turn with a tool
-call against the simulator at URL, without a LiveKit room: the way livekit-agents' own
-realtime tests drive it (a RealtimeSession, generate_reply, the function stream, the tool's
-output through update_chat_ctx, a second reply). Run under `rtcap run` with the venv made
-by `make test`; prints the tool's call and the final reply's text."""
+call against the simulator at URL. The plugin's model needs no LiveKit room: its
+RealtimeSession (model.session()) is driven directly, as an AgentSession drives it
+(generate_reply, the generation's function stream, the tool's output through
+update_chat_ctx, a second generate_reply), over its own aiohttp ws_connect. Run under
+`rtcap run` with the venv `make test` makes; prints the tool called, then whether the
+final reply had text."""
 
 import asyncio
 import sys

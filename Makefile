@@ -75,7 +75,7 @@ $(MITM_VENV)/bin/mitmdump:
 	$(MITM_VENV)/bin/python -m pip install --quiet mitmproxy==11.0.2
 	$@ --version
 
-bench: $(VENV)/.installed-bench $(MITM_VENV)/bin/mitmdump
+bench: $(VENV)/.installed-bench $(MITM_VENV)/bin/mitmdump $(VENV)/aiohttp-newest/.installed
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/shim_bench.py
 	$(BIN)/python bench/index_bench.py

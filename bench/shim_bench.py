@@ -11,8 +11,15 @@ Two measurements, each alternating "no shim" and "shim" rounds in one run:
    its own process (bench/source_server.py), messages per second with and without the
    shim. Target: under 10% loss.
 
+3. The same per-message cost for aiohttp's client (LiveKit's transport), which has no
+   sans-I/O core to drive alone: over a real loopback connection to the source server,
+   a received message costs the time of a whole stream divided by its length (the median
+   of the rounds), a sent one the median time of ``send_str`` (the echoes are read back,
+   untimed, after every 50 sends). Same target: at most 10 microseconds added.
+
 Small messages are transcript deltas; audio messages carry 100 ms of PCM16 (4,800 bytes).
-Run: ``make bench`` (or ``.venv/bin/python bench/shim_bench.py``).
+Run: ``make bench`` (or ``.venv/bin/python bench/shim_bench.py``; aiohttp is taken from
+``.venv/aiohttp-newest``, which ``make bench`` installs, when the venv has none).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
@@ -162,6 +170,76 @@ def throughput(url: str, captures: Path) -> dict[str, tuple[float, float]]:
     return {kind: (statistics.median(r[False][1:]), statistics.median(r[True][1:])) for kind, r in rates.items()}
 
 
+AIOHTTP_COUNTS = {"small": 20_000, "audio": 5_000}
+AIOHTTP_SENDS = 5_000
+SEND_BATCH = 50
+
+
+def _aiohttp() -> Any:
+    try:
+        import aiohttp
+    except ImportError:
+        sys.path.append(str(HERE.parent / ".venv" / "aiohttp-newest"))
+        import aiohttp
+    return aiohttp
+
+
+async def aiohttp_round(url: str) -> dict[str, float]:
+    """Microseconds per message through one aiohttp connection, per case."""
+    aiohttp = _aiohttp()
+    out: dict[str, float] = {}
+    async with aiohttp.ClientSession() as session, session.ws_connect(url, max_msg_size=0) as ws:
+        for kind, count in AIOHTTP_COUNTS.items():
+            start = time.perf_counter_ns()
+            await ws.send_str(json.dumps({"type": "bench.stream", "kind": kind, "count": count}, separators=(",", ":")))
+            received = 0
+            while (await ws.receive()).data != '{"type":"bench.done"}':
+                received += 1
+            assert received == count, (received, count)
+            out[f"received {kind}"] = (time.perf_counter_ns() - start) / count / 1e3
+        clock = time.perf_counter_ns
+        for name, message in (("sent small", SMALL), ("sent audio", APPEND)):
+            timings = []
+            for _ in range(AIOHTTP_SENDS // SEND_BATCH):
+                for _ in range(SEND_BATCH):
+                    start = clock()
+                    await ws.send_str(message)
+                    timings.append(clock() - start)
+                # The echoes are read between batches, untimed: reading each one before the
+                # next send would time the server's wake-up on the shared CPUs instead.
+                for _ in range(SEND_BATCH):
+                    await ws.receive()
+            out[name] = statistics.median(timings) / 1e3
+    return out
+
+
+def aiohttp_per_message(url: str, captures: Path) -> dict[str, tuple[float, float]]:
+    """Median microseconds per message without and with the shim, per case, alternating."""
+    samples: dict[str, dict[bool, list[float]]] = {}
+    for round_ in range(ROUNDS + 1):
+        for shim in (False, True):
+            if shim:
+                recorder.install(captures=captures)
+            try:
+                costs = asyncio.run(aiohttp_round(url))
+            finally:
+                if shim:
+                    recorder.uninstall()
+            if round_:  # the first round warms up both variants and is not counted
+                for name, cost in costs.items():
+                    samples.setdefault(name, {False: [], True: []})[shim].append(cost)
+    return {name: (statistics.median(s[False]), statistics.median(s[True])) for name, s in samples.items()}
+
+
+def print_costs(costs: dict[str, tuple[float, float]]) -> None:
+    print(f"  {'case':<16} {'no shim':>9} {'shim':>9} {'added':>9}")
+    worst = 0.0
+    for name, (plain, shim) in costs.items():
+        worst = max(worst, shim - plain)
+        print(f"  {name:<16} {plain:>7.2f}us {shim:>7.2f}us {shim - plain:>7.2f}us")
+    print(f"  worst added at p50: {worst:.2f} us  {'PASS' if worst <= 10 else 'MISS'}")
+
+
 def main() -> int:
     import websockets
 
@@ -175,18 +253,20 @@ def main() -> int:
             captures = Path(tmp)
             costs = per_message(captures)
             rates = throughput(f"ws://127.0.0.1:{port}/v1/realtime", captures)
+            aiohttp_costs = aiohttp_per_message(f"ws://127.0.0.1:{port}/v1/realtime", captures)
             written = sum(p.stat().st_size for p in captures.rglob("*.msgpack"))
     finally:
         server.terminate()
         server.wait(10)
 
     print(f"\nper-message cost, median of {ROUNDS} x {PER_MESSAGE_N:,} messages per case (target: <= 10 us added)")
-    print(f"  {'case':<16} {'no shim':>9} {'shim':>9} {'added':>9}")
-    worst = 0.0
-    for name, (plain, shim) in costs.items():
-        worst = max(worst, shim - plain)
-        print(f"  {name:<16} {plain:>7.2f}us {shim:>7.2f}us {shim - plain:>7.2f}us")
-    print(f"  worst added at p50: {worst:.2f} us  {'PASS' if worst <= 10 else 'MISS'}")
+    print_costs(costs)
+    print(
+        f"\naiohttp {_aiohttp().__version__} per-message cost over a loopback connection, median of {ROUNDS} rounds"
+        f" (received: {AIOHTTP_COUNTS['small']:,} small and {AIOHTTP_COUNTS['audio']:,} audio per stream;"
+        f" sent: p50 of {AIOHTTP_SENDS:,} send_str each; target: <= 10 us added)"
+    )
+    print_costs(aiohttp_costs)
 
     print(f"\nthroughput, asyncio client receiving a stream, median of {ROUNDS} rounds (target: < 10% loss)")
     print(f"  {'kind':<8} {'no shim':>12} {'shim':>12} {'loss':>7}")

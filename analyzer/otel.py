@@ -334,9 +334,10 @@ def send_traces(
                 flush()
                 if progress is not None:
                     progress(sessions, spans)
-        flush()
-        if progress is not None:
-            progress(sessions, spans)
+        if pending or not sessions:
+            flush()
+            if progress is not None:
+                progress(sessions, spans)
     finally:
         said.detach()
         exporter.shutdown()

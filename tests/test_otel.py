@@ -202,7 +202,8 @@ def test_a_busy_endpoint_is_retried_and_headers_are_sent(corpus: Path, receiver:
     assert len(receiver.paths) == 3  # one 503, then a request per session
     assert receiver.headers[-1]["x-langfuse-test"] == "yes"
     assert {resource["service.name"] for resource, _ in receiver.spans()} == {"rtcap"}
-    assert "sent 2 of 2 sessions" in result.output
+    progress = [line.split(" (")[0] for line in result.output.splitlines()]
+    assert progress == ["rtcap otel: sent 1 of 2 sessions", "rtcap otel: sent 2 of 2 sessions"]
 
 
 def test_errors(corpus: Path) -> None:

@@ -227,3 +227,36 @@ def test_errors(corpus: Path) -> None:
     )
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("rtcap: error: http://127.0.0.1:9/v1/traces did not take")
+
+
+def test_environment_and_a_dropped_response(tmp_path: Path, receiver: Receiver, make_capture: Any) -> None:
+    from recorder.capture import RECEIVED, SENT
+
+    root = tmp_path / "captures"
+    make_capture(
+        [
+            (0.0, RECEIVED, {"type": "session.created", "session": {"id": "sess_x", "model": "gpt-realtime"}}),
+            (0.1, SENT, {"type": "response.create"}),
+            (0.2, RECEIVED, {"type": "response.created", "response": {"id": "resp_1"}}),
+            (0.3, RECEIVED, {"type": "rate_limits.updated", "rate_limits": [{"name": "tokens", "remaining": 7}]}),
+        ],
+        end_code=1006,
+        closed_by="server",
+        root=root,
+        url="wss://res.openai.azure.com/openai/v1/realtime?model=d",
+    )
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_EXPORTER_OTLP_HEADERS": "x-from-env=1"}
+    result = CliRunner(env=env).invoke(cli, ["otel", "--captures", str(root)])
+    assert result.exit_code == 0, result.output
+    assert receiver.headers[0]["x-from-env"] == "1"
+    [row] = open_captures(root).sql("SELECT status, done_t_s FROM responses").to_pylist()
+    assert row == {"status": "dropped", "done_t_s": None}
+    [span] = [span for _, span in receiver.spans() if span.name == "response"]
+    attributes = _attributes(span.attributes)
+    assert attributes["rtcap.response.status"] == "dropped"
+    assert span.status.code == ERROR and attributes["error.type"] == "connection_closed"
+    assert attributes["gen_ai.provider.name"] == "azure.ai.openai"
+    assert [(e.name, _attributes(e.attributes)) for e in span.events][1] == (
+        "rate_limits.updated",
+        {"rtcap.rate_limits.tokens.remaining": 7},
+    )

@@ -12,7 +12,11 @@ Each window gets features: the event types in it, ordered pairs of adjacent type
 deltas collapsed), scalar fields of client events of bounded cardinality, and numeric
 measures cut at thresholds taken from the data (``input_tokens>=431``). What came before
 the window enters only as context: the turn's index, the session's age, the conversation's
-items, the previous response's input tokens and whether it failed.
+items, the previous response's input tokens and whether it failed. From the ``turns`` view
+come what is known when the response is created: the turn's commit-to-created latency,
+whether it had no user turn (a tool's follow-up), and of the previous turn its latency to
+first audio and whether the user barged in on it (a response's own first audio is after
+the window, so it is never a feature of its own turn).
 
 Each feature is tested one-sided and exactly, *within strata* of position (bands of the
 turn index) and of whether the previous response failed, so that "a late turn" or "right
@@ -47,9 +51,15 @@ MEASURES = (
     "audio_chunk_ms",
     "events_per_second",
     "gap_since_server_s",
+    "commit_to_created_ms",
+    "previous_first_audio_ms",
 )
-"""Numeric measures of a window; ``input_tokens`` is the previous response's."""
+"""Numeric measures of a window; ``input_tokens`` is the previous response's, and so is
+``previous_first_audio_ms`` (its ``created_to_first_audio_ms``)."""
 PREVIOUS_FAILED = "previous_response:status=failed"
+PREVIOUS_BARGE_IN = "previous_turn:barge_in=true"
+NO_USER_TURN = "turn:user=false"
+"""A response started without a user turn (a tool's follow-up, an out-of-band response)."""
 POSITION = "turn_index>="
 KIND_ORDER = {"event": 0, "field": 1, "numeric": 2, "sequence": 3}
 MAX_FIELD_VALUES = 12
@@ -210,6 +220,7 @@ def describe(captures: Captures, found: list[Window], seconds: float, events: in
             measures["gap_since_server_s"] = window.end_t - window.previous_done_t
         if window.previous == "failed":
             window.features.add(PREVIOUS_FAILED)
+    _turn_context(captures, found)
     by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_window[row["id"]].append(row)
@@ -228,6 +239,39 @@ def describe(captures: Captures, found: list[Window], seconds: float, events: in
             for window in present:
                 if window.measures[measure] >= cut:
                     window.features.add(name)
+
+
+def _turn_context(captures: Captures, found: list[Window]) -> None:
+    """Measures and features from the ``turns`` view, for the windows that end at a
+    response's ``response.created``: see the module's docstring."""
+    by_created: dict[tuple[str, int], dict[str, Any]] = {}
+    previous: dict[tuple[str, int], dict[str, Any]] = {}
+    last: dict[str, dict[str, Any]] = {}
+    for row in captures.sql(
+        "SELECT session_id, response_created_seq AS created, commit_to_created_ms, created_to_first_audio_ms, "
+        "barge_in, speech_started_seq IS NULL AND committed_seq IS NULL AS no_user "
+        "FROM turns WHERE response_created_seq IS NOT NULL ORDER BY session_id, response_created_seq"
+    ).to_pylist():
+        key = (row["session_id"], row["created"])
+        by_created[key] = row
+        if row["session_id"] in last:
+            previous[key] = last[row["session_id"]]
+        last[row["session_id"]] = row
+    for window in found:
+        key = (window.session_id, window.end_seq)
+        turn = by_created.get(key)
+        if turn is None:
+            continue  # a failure outside any response
+        if turn["commit_to_created_ms"] is not None:
+            window.measures["commit_to_created_ms"] = turn["commit_to_created_ms"]
+        if turn["no_user"]:
+            window.features.add(NO_USER_TURN)
+        before = previous.get(key)
+        if before is not None:
+            if before["created_to_first_audio_ms"] is not None:
+                window.measures["previous_first_audio_ms"] = before["created_to_first_audio_ms"]
+            if before["barge_in"]:
+                window.features.add(PREVIOUS_BARGE_IN)
 
 
 def _window_features(window: Window, rows: list[dict[str, Any]], fields: dict[str, dict[str, set[int]]]) -> None:

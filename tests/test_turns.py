@@ -134,3 +134,35 @@ def test_latency_command(corpus: tuple[Path, list[Connection]]) -> None:
     assert csv.output.splitlines()[0] == "kind,group,turns,p50_ms,p90_ms,p99_ms"
     bad = runner.invoke(cli, ["latency", "--captures", str(root), "--label", "nolabel"])
     assert bad.exit_code == 2 and bad.output.startswith("rtcap: error:")
+
+
+def test_precursors_find_a_barge_in_on_the_previous_turn(make_capture) -> None:
+    """A server that fails the response after one the user barged in on: the barge-in is in
+    no window (it came before the previous response ended), only in the turn's context."""
+    from analyzer.precursors import analyse
+    from recorder.session import RECEIVED
+
+    for n in range(60):
+        barged = n % 2 == 0
+        messages = []
+        for i in range(6):
+            t0, rid = i * 10.0, f"resp_{i}"
+            fails = barged and i == 3
+            done = {"id": rid, "status": "failed" if fails else "completed"}
+            if fails:
+                done["status_details"] = {"type": "failed", "error": {"type": "server_error", "message": "boom"}}
+            messages += [
+                (t0, RECEIVED, {"type": "input_audio_buffer.committed", "item_id": f"item_{i}"}),
+                (t0 + 0.05, RECEIVED, {"type": "response.created", "response": {"id": rid}}),
+                (t0 + 0.3, RECEIVED, {"type": "response.output_audio.delta", "response_id": rid, "delta": "AAAA"}),
+            ]
+            if barged and i == 2:
+                messages.append((t0 + 0.5, RECEIVED, {"type": "input_audio_buffer.speech_started"}))
+            messages.append((t0 + 1, RECEIVED, {"type": "response.done", "response": done}))
+        make_capture(messages)
+    document = analyse(open_captures(make_capture.root))
+    assert document["failures"] == 30
+    top = document["features"][0]
+    assert (top["feature"], top["failures_with"], top["controls_with"]) == ("previous_turn:barge_in=true", 30, 0)
+    assert top["significant"]
+    assert "barge_in" in document["summary"]

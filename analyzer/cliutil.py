@@ -125,11 +125,17 @@ def open_captures_for_cli(captures: Path, include_replays: bool = False) -> Any:
         raise BadUsage(f"no capture directory {captures}")
     with indexing_progress() as progress:
         try:
-            return open_captures(captures, progress=progress, include_replays=include_replays)
+            opened = open_captures(captures, progress=progress, include_replays=include_replays)
         except ConfigError as e:
             raise BadUsage(str(e)) from None
         except OSError as e:
             raise Failure(f"cannot index {captures}: {e.strerror or e}") from None
+    # Said once: the report lists only the captures this update read.
+    for name in opened.report.damaged:
+        click.echo(f"rtcap: warning: {name} is damaged (its problems: rtcap sessions, column problems)", err=True)
+    for error in opened.report.errors:
+        click.echo(f"rtcap: warning: {error}", err=True)
+    return opened
 
 
 _HOLDERS: list[Any] = []  # temporary roots of captures from elsewhere, kept until exit

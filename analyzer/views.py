@@ -199,7 +199,7 @@ SELECT m.session_id, c.server_session_id, m.file, m.state, m.started_at,
        coalesce(k.messages, 0) AS messages, coalesce(k.sent, 0) AS sent, coalesce(k.received, 0) AS received,
        coalesce(k.bytes, 0)::BIGINT AS bytes, m.close_code, m.close_by,
        coalesce(f.failures, 0) AS failures, coalesce(f.failures, 0) > 0 AS failed, m.state = 'damaged' AS damaged,
-       to_timestamp(c.expires) AS expires_at, m.replay_of,
+       try(to_timestamp(c.expires)) AS expires_at, m.replay_of,
        m.end_error, m.close_reason, coalesce(m.recorder IN {in_list(REPLAY_RECORDERS)}, false) AS is_replay,
        m.problems
 FROM _manifest m

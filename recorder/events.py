@@ -19,7 +19,7 @@ import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 T = TypeVar("T")
 
@@ -86,11 +86,21 @@ def dialect(url: str | None, headers: Iterable[Sequence[Any]] = (), subprotocols
 def url_path(url: str | None) -> str:
     """A URL's path, also for a URL that no longer parses (a redacted ``[REDACTED]@``
     userinfo looks like a broken IPv6 host to ``urlsplit``)."""
+    return split_url(url).path
+
+
+def split_url(url: str | None) -> SplitResult:
+    """``urlsplit``, for recorded URLs too: a userinfo that no longer parses (redacted to
+    ``[REDACTED]@``) is left out rather than failing the whole URL."""
     try:
-        return urlsplit(url or "").path
+        return urlsplit(url or "")
     except ValueError:
-        after_scheme = (url or "").partition("://")[2]
-        return "/" + after_scheme.partition("/")[2].split("?")[0].split("#")[0]
+        scheme, sep, rest = (url or "").partition("://")
+        authority, slash, tail = rest.partition("/")
+        try:
+            return urlsplit(scheme + sep + authority.rpartition("@")[2] + slash + tail)
+        except ValueError:
+            return urlsplit("")
 
 
 # ---------------------------------------------------------------------------

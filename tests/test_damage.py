@@ -411,11 +411,6 @@ def test_the_index_answers_for_captures_of_any_type(tmp_path_factory: pytest.Tem
     captures.sql(f"SELECT {everything}, (FROM responses SELECT list(responses))").to_pylist()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="analyzer/views.py: sessions computes to_timestamp(c.expires) from a payload's expires_at, which "
-    "DuckDB refuses when out of range, failing every sessions query of the root (use try(to_timestamp(...)))",
-)
 def test_an_expires_at_out_of_range_never_breaks_the_sessions_view(make_capture, captures: Path) -> None:
     created = {"type": "session.created", "session": {"id": "sess_1", "expires_at": 9 * 10**18}}
     make_capture([(0.1, RECEIVED, created)])

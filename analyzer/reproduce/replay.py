@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 from recorder import events
 from recorder.capture import RECEIVED, SENT, Capture
@@ -31,9 +31,9 @@ HOP_HEADERS = PROXY_HOP_HEADERS | {"user-agent"}
 
 def target_url(capture: Capture, to: str | None) -> str:
     """``--to`` resolved against the recorded URL; redacted query items dropped."""
-    recorded = urlsplit(capture.header.get("url") or "")
+    recorded = events.split_url(capture.header.get("url"))
     if to:
-        given = urlsplit(to)
+        given = events.split_url(to)
         if given.path in ("", "/"):
             recorded = recorded._replace(scheme=given.scheme, netloc=given.netloc)
         else:
@@ -64,7 +64,7 @@ def connection_headers(
     ]
     given = [tuple(h.split(":", 1)) for h in extra]
     if not any(k.lower() in ("authorization", "api-key") for k, _ in given):
-        host = urlsplit(url).hostname or ""
+        host = events.split_url(url).hostname or ""
         if host.endswith(".openai.azure.com") and os.environ.get("AZURE_OPENAI_API_KEY"):
             given.append(("api-key", os.environ["AZURE_OPENAI_API_KEY"]))
         elif os.environ.get("OPENAI_API_KEY"):

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from analyzer.cliutil import _fail
-from analyzer.commands import analysis, exploring, interchange, latency, recording, reproducing
+from analyzer.commands import analysis, exploring, interchange, latency, recording, reproducing, store, ui
 from recorder import __version__
 
 
@@ -140,7 +140,7 @@ def cli() -> None:
     """
 
 
-for _module in (recording, exploring, analysis, latency, reproducing, interchange):
+for _module in (recording, exploring, analysis, latency, reproducing, interchange, ui, store):
     for _command in vars(_module).values():
         if isinstance(_command, click.Command):
             cli.add_command(_command)

@@ -165,6 +165,7 @@ def run(
         say(f"  {rtcap} show {planted} --captures {root}")
     say(f'  {rtcap} query "SELECT class, error_type, count(*) FROM failures GROUP BY ALL" --captures {root}')
     say(f"  {rtcap} precursors --captures {root} --format json")
+    say(f"  {rtcap} ui --captures {root}")
     if rtcap != "rtcap":
         say(f"  ({rtcap} is not on PATH as rtcap: `source {Path(rtcap).parent}/activate` makes it so)")
     return found

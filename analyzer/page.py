@@ -37,6 +37,8 @@ PEAKS = 4000
 
 SIDES = {events.SENT: "input", events.RECEIVED: "output"}
 
+EMBEDDED = "data:audio/wav;base64,"
+
 _SEQS = re.compile(r"\bseq ((?:\d+)(?:, \d+)*)")
 
 
@@ -137,7 +139,7 @@ def page_data(
         if chunks and audio == "embed":
             buffer = io.BytesIO()
             wav(np.concatenate([c for _, c in chunks]), rate, buffer)
-            src = "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode()
+            src = EMBEDDED + base64.b64encode(buffer.getvalue()).decode()
         elif chunks and audio:
             src = f"{audio}{name}.wav"
         sides[name] = {"peaks": levels, "segments": segments, "seconds": seconds, "src": src}
@@ -186,14 +188,23 @@ def render(data: dict[str, Any], *, nav: str = "") -> str:
     above the page (``rtcap ui``'s links)."""
     session = data["session"]
     title = f"rtcap: {session.get('session_id') or 'session'}"
+    # Embedded audio (megabytes of base64 for a long call) goes after the script, which
+    # draws first; the last script hands it to the players.
+    sides = data["audio"]
+    embedded = {n: a["src"] for n, a in sides.items() if a["src"] and a["src"].startswith(EMBEDDED)}
+    data = {**data, "audio": {n: {**a, "src": "embedded" if n in embedded else a["src"]} for n, a in sides.items()}}
+    tail = "".join(f"<script id=rtcap-audio-{n} type=text/plain>{src}</script>" for n, src in embedded.items())
+    if embedded:
+        tail += "<script>window.rtcap.attachAudio()</script>"
     return (
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
         "<meta http-equiv=Content-Security-Policy content=\"default-src 'none'; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; media-src data: 'self'; img-src data:\">"
-        f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{_escape(title)}</title>"
+        "<meta name=viewport content='width=device-width, initial-scale=1'><link rel=icon href='data:,'>"
+        f"<title>{_escape(title)}</title>"
         f"<style>{asset('timeline.css')}</style></head><body>{nav}"
         f"<script id=rtcap-data type=application/json>{_script_json(data)}</script>"
-        f"<script>{asset('timeline.js')}</script></body></html>\n"
+        f"<script>{asset('timeline.js')}</script>{tail}</body></html>\n"
     )
 
 

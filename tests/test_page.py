@@ -150,7 +150,7 @@ class Offline:
 
     def open(self, path: Path, hash: str = "") -> Any:
         self.page.goto(path.resolve().as_uri() + hash)
-        self.page.wait_for_function("window.rtcap && window.rtcap.ready")
+        self.page.wait_for_function("() => window.rtcap && window.rtcap.ready")
         return self.page
 
     def close(self) -> None:
@@ -180,7 +180,8 @@ def test_show_html_writes_a_private_self_contained_page(corpus, tmp_path: Path) 
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)  # nothing loaded from anywhere
     data = json.loads(re.search(r"<script id=rtcap-data type=application/json>(.*?)</script>", text, re.S)[1])
     assert data["session"]["session_id"] == corpus["sid"]
-    assert data["audio"]["output"]["src"].startswith("data:audio/wav;base64,")
+    assert data["audio"]["output"]["src"] == "embedded"  # after the script, which draws first
+    assert "<script id=rtcap-audio-output type=text/plain>data:audio/wav;base64," in text
     assert [f["seq"] for f in data["failures"]] == [corpus["failure"]["seq"]]
 
     assert _show_html(corpus, tmp_path / "quiet.html", "--no-audio").exit_code == 0
@@ -234,7 +235,7 @@ def test_the_page_draws_offline_with_its_failure_audio_and_json(corpus, offline,
     # zoom and pan change the view
     before = page.evaluate("window.rtcap.view()")
     page.mouse.wheel(0, -400)
-    page.wait_for_function(f"window.rtcap.view()[1] - window.rtcap.view()[0] < {before[1] - before[0]}")
+    page.wait_for_function(f"() => window.rtcap.view()[1] - window.rtcap.view()[0] < {before[1] - before[0]}")
     page.screenshot(path=str(artifacts / "session-page.png"), full_page=True)
     assert (artifacts / "session-page.png").stat().st_size > 10_000
     assert offline.errors == []

@@ -53,7 +53,8 @@
   for (const side of ["input", "output"]) {
     const a = D.audio[side];
     if (!a || !a.src) continue;
-    const player = el("audio", { id: "audio-" + side, controls: "", preload: "metadata", src: a.src });
+    const player = el("audio", { id: "audio-" + side, controls: "", preload: "metadata" });
+    if (a.src !== "embedded") player.src = a.src;
     audio[side] = player;
     player.addEventListener("timeupdate", draw);
     right.append(el("div", { class: "audio" }, el("b", { text: LABELS[side] + " (" + a.seconds.toFixed(1) + " s)" }), player));
@@ -369,6 +370,13 @@
       return { x: r.left + x(M.t_s[i]) + 0.5, y: r.top + (y0 + y1) / 2 };
     },
     go, select, setView,
+    // embedded audio comes after this script, so that the page draws first
+    attachAudio: () => {
+      for (const side of Object.keys(audio)) {
+        const data = document.getElementById("rtcap-audio-" + side);
+        if (data) audio[side].src = data.textContent;
+      }
+    },
   };
   fromHash();
   draw();

@@ -206,3 +206,40 @@ def test_a_browser_is_recorded_through_the_proxy(simulator, start_proxy, capture
     assert capture.header["subprotocols"] == ["realtime", "openai-insecure-api-key.[REDACTED]"]
     assert any(m.opcode == "binary" for m in capture.messages)
     assert (capture.end["closed_by"], capture.end["code"], capture.end["reason"]) == ("client", 1000, "bye")
+
+
+def test_kill_9_of_an_aiohttp_app_keeps_every_message_it_had(start_simulator, captures, tmp_path) -> None:
+    simulator = start_simulator(speed=5)  # slow enough that the kill lands inside a response
+    app = tmp_path / "stream.py"
+    app.write_text(
+        "import asyncio, json, sys\n"
+        "import aiohttp\n"
+        "async def main():\n"
+        "    async with aiohttp.ClientSession() as session, session.ws_connect(sys.argv[1]) as ws:\n"
+        "        print(await ws.receive_str(), flush=True)\n"
+        "        await ws.send_str(json.dumps({'type': 'response.create'}))\n"
+        "        async for message in ws:\n"
+        "            print(message.data, flush=True)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTCAP_") and k not in PROXY_VARS}
+    env["PYTHONPATH"] = str(installed("aiohttp-newest"))
+    command = [sys.executable, "-m", "analyzer", "run", "--captures", str(captures), "--"]
+    proc = subprocess.Popen(
+        [*command, sys.executable, str(app), simulator.url + "/v1/realtime?model=gpt-realtime"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        got = [proc.stdout.readline().rstrip("\n") for _ in range(10)]
+        os.kill(proc.pid, 9)  # rtcap run exec'd the app: this is the app
+        proc.wait(10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert json.loads(got[-1])["type"].endswith("delta")  # killed inside the response
+    capture = read_capture(capture_files(captures)[0])
+    assert capture.state == "damaged"
+    assert [m.data().decode() for m in capture.messages if m.direction == "received"][: len(got)] == got

@@ -1,7 +1,7 @@
 """rtcap's live path: the capture format, redaction, the recording proxy and the
 in-process shim. Nothing here imports duckdb, pyarrow or numpy.
 
-``install``, ``uninstall`` and ``recording`` record the websockets client connections of
+``install``, ``uninstall`` and ``recording`` record the websockets and aiohttp client connections of
 this process (see :mod:`recorder.shim`)."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ __version__ = "0.1.0"
 
 
 def install(**settings: Any) -> None:
-    """Record every websockets client connection of this process (see :func:`recorder.shim.install`)."""
+    """Record every websockets and aiohttp client connection of this process (see :func:`recorder.shim.install`)."""
     from .shim import install
 
     install(**settings)
 
 
 def uninstall() -> None:
-    """Stop recording and restore websockets (see :func:`recorder.shim.uninstall`)."""
+    """Stop recording and restore websockets and aiohttp (see :func:`recorder.shim.uninstall`)."""
     from .shim import uninstall
 
     uninstall()

@@ -70,6 +70,7 @@ class _Config:
 
 _config: _Config | None = None
 _recorded = 0  # sessions this process has written a capture for
+_unwritten = 0  # sessions whose capture could not be created
 _originals: list[tuple[type, str, Any]] = []
 _live: weakref.WeakSet[_Connection] = weakref.WeakSet()
 _lock = threading.Lock()
@@ -99,7 +100,7 @@ class _Connection:
     ) -> None:
         """The handshake ended: with a 101, a rejection, or no response at all. ``headers``
         are websockets' or aiohttp's response headers (``raw_items`` or ``items``)."""
-        global _recorded
+        global _recorded, _unwritten
         config = self.config
         self.recorder = SessionRecorder.create(
             config.captures,
@@ -122,6 +123,8 @@ class _Connection:
         )
         if self.recorder.sink is not None:
             _recorded += 1
+        else:
+            _unwritten += 1
         if status is not None and status != 101:
             text = body.decode(errors="replace").strip()
             self.end(closed_by="server", error=f"handshake rejected: HTTP {status} {text}".strip())
@@ -541,10 +544,14 @@ def report(always: bool = False) -> None:
     """Say on stderr how many sessions this process recorded: always in the program
     ``rtcap run`` started (``always``), else only in processes that recorded some."""
     config = _config
-    if config is None or not (_recorded or always):
+    if config is None or not (_recorded or _unwritten or always):
         return
+    lost = f"{_unwritten} session{'s' * (_unwritten != 1)} could not be written to {config.captures}"
     if _recorded:
         line = f"recorded {_recorded} session{'s' * (_recorded != 1)} in {config.captures}"
+        line += f"; {lost}" if _unwritten else ""
+    elif _unwritten:
+        line = f"recorded no session: {lost}"
     else:
         line = (
             "recorded no session: the program opened no connection with websockets or aiohttp"

@@ -136,6 +136,10 @@ def test_an_unwritable_capture_directory_does_not_break_the_app(start_simulator,
     assert result.returncode == 0 and result.stdout.strip()
     warnings = [line for line in result.stderr.splitlines() if line.startswith("rtcap: warning:")]
     assert len(warnings) == 1 and "cannot write captures" in warnings[0]
+    assert (
+        result.stderr.splitlines()[-1]
+        == f"rtcap: recorded no session: 8 sessions could not be written to {blocker}/captures"
+    )
 
 
 def test_an_app_with_its_own_recorder_module_is_still_recorded(simulator, captures, tmp_path) -> None:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,11 @@ bench: $(VENV)/.installed-bench $(MITM_VENV)/bin/mitmdump $(VENV)/aiohttp-newest
 	$(BIN)/python bench/shim_bench.py
 	$(BIN)/python bench/index_bench.py
 	$(BIN)/python bench/precursors_bench.py
+	$(BIN)/python bench/ui_bench.py
+
+# README's screenshot: the demo's failed session page, in Debian's chromium.
+screenshot: $(VENV)/.installed-test
+	$(BIN)/python docs/make_screenshot.py docs/session-page.png
 
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check recorder analyzer tests bench

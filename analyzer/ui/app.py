@@ -5,13 +5,15 @@ Pages: the sessions list (``/``: the filters of ``rtcap sessions``, search by id
 :mod:`analyzer.page`, its audio served beside it), the precursors (``/precursors``) and
 SQL over the views (``/sql``, downloads as CSV and Parquet). Every URL holds its whole
 state in its query, so it can be shared. Only GET is served; every query runs in the
-sandbox of :meth:`analyzer.views.Captures.sql`. The index is brought up to date at most
-once a second, as requests come, so new captures appear as they are indexed.
+sandbox of :meth:`analyzer.views.Captures.sql`. A thread of its own brings the index up to
+date (once a second at most), so new captures appear as they are indexed and no request
+waits for it.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import hmac
 import io
@@ -21,7 +23,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,23 +53,35 @@ PAGES_KEPT = 16
 
 
 class Live:
-    """The capture root's views, kept up to date: :meth:`get` indexes what is new once
-    :data:`REFRESH_S` has passed since the last look."""
+    """The capture root's views, kept up to date by a thread of their own that indexes
+    what is new every :data:`REFRESH_S` (at the least), so no request waits for indexing."""
 
     def __init__(self, root: Path, include_replays: bool = False) -> None:
         self.captures = open_captures(root, include_replays=include_replays)
-        self._checked = time.monotonic()
-        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def get(self) -> Captures:
-        """The views, indexed at most :data:`REFRESH_S` ago."""
-        if time.monotonic() - self._checked >= REFRESH_S and self._lock.acquire(blocking=False):
-            try:
-                self.captures.report = self.captures.index.update()
-                self._checked = time.monotonic()
-            finally:
-                self._lock.release()
+        """The views, as last indexed."""
         return self.captures
+
+    def start(self) -> None:
+        """Start looking for new and grown captures."""
+        self._thread = threading.Thread(target=self._refresh, name="rtcap-ui-index", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop looking (waits for an update under way)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(REFRESH_S):
+            started = time.monotonic()
+            self.captures.report = self.captures.index.update()
+            # a large root takes a while to look through: leave the CPU to the requests
+            self._stop.wait(time.monotonic() - started)
 
 
 class TokenGate:
@@ -288,7 +302,16 @@ def create_app(root: Path, *, token: str | None = None, include_replays: bool = 
         Route("/sql", sql),
         Route("/sql.{fmt:str}", sql),
     ]
-    app: ASGIApp = Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        live.start()
+        try:
+            yield
+        finally:
+            live.stop()
+
+    app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
     return TokenGate(app, token) if token else LocalHosts(app)
 
 

@@ -166,3 +166,35 @@ def test_precursors_find_a_barge_in_on_the_previous_turn(make_capture) -> None:
     assert (top["feature"], top["failures_with"], top["controls_with"]) == ("previous_turn:barge_in=true", 30, 0)
     assert top["significant"]
     assert "barge_in" in document["summary"]
+
+
+def test_server_vad_turns_equal_the_simulators_timing(tmp_path: Path) -> None:
+    root = tmp_path / "captures"
+    log: list[Connection] = []
+    record_direct(root, [], sessions=4, seed=8, vad=True, log=log)
+    rows = open_captures(root).sql("SELECT * FROM turns ORDER BY session_id, turn").to_pylist()
+    expected = []
+    for connection in sorted(log, key=lambda c: c.session_id):
+        speech: dict[str, float] = {}
+        for now, event in connection.connection.timeline:
+            kind = events.event_type(event)
+            if kind in (turns.SPEECH_STARTED, turns.SPEECH_STOPPED, turns.COMMITTED):
+                speech[kind] = now
+            elif kind == events.RESPONSE_STARTED:
+                expected.append((connection.session_id, event["response"]["id"], speech, now))
+                speech = {}
+    assert len(rows) == len(expected)
+    assert sum(1 for _, _, speech, _ in expected if speech) >= 8  # voice turns, and the tools' follow-ups
+    for row, (session_id, response_id, speech, created) in zip(rows, expected, strict=True):
+        assert (row["session_id"], row["response_id"]) == (session_id, response_id)
+        assert row["response_created_t_s"] == pytest.approx(created, abs=1e-9)
+        for kind, column in (
+            (turns.SPEECH_STARTED, "speech_started_t_s"),
+            (turns.SPEECH_STOPPED, "speech_stopped_t_s"),
+            (turns.COMMITTED, "committed_t_s"),
+        ):
+            assert row[column] == (pytest.approx(speech[kind], abs=1e-9) if kind in speech else None)
+        if turns.COMMITTED in speech:
+            want = (created - speech[turns.COMMITTED]) * 1e3
+            assert row["commit_to_created_ms"] == pytest.approx(want, abs=2 * NS)
+            assert row["response_create_seq"] is None  # the server answered the turn by itself

@@ -55,14 +55,28 @@ def tone(ms: int) -> str:
     return base64.b64encode(b"\x00\x30" * 24 * ms).decode()
 
 
-def session_update(rng: random.Random) -> dict[str, Any]:
-    """A GA session.update with decoy settings and the tool."""
+def session_update(rng: random.Random, vad: bool = False) -> dict[str, Any]:
+    """A GA session.update with decoy settings and the tool; turn detection off unless
+    ``vad`` (then the server's VAD, as a session starts with it, ends each turn)."""
+    audio_input: dict[str, Any] = {} if vad else {"turn_detection": None}
     return {
         "type": "realtime",
         "instructions": rng.choice(INSTRUCTIONS),
         "tools": [TOOL],
-        "audio": {"input": {"turn_detection": None}, "output": {"voice": rng.choice(VOICES)}},
+        "audio": {"input": audio_input, "output": {"voice": rng.choice(VOICES)}},
     }
+
+
+def silence(ms: int) -> str:
+    """PCM16 silence of ``ms`` milliseconds, base64."""
+    return base64.b64encode(b"\x00\x00" * 24 * ms).decode()
+
+
+def vad_turn(rng: random.Random) -> list[dict[str, Any]]:
+    """The client events of one voice turn under server VAD: speech, then enough silence
+    for the server to end the turn, commit it and answer; no commit, no response.create."""
+    turn = [{"type": "input_audio_buffer.append", "audio": tone(rng.choice([100, 200, 300]))} for _ in range(3)]
+    return turn + [{"type": "input_audio_buffer.append", "audio": silence(100)} for _ in range(6)]
 
 
 DECOY = {"type": "output_audio_buffer.clear"}
@@ -99,14 +113,15 @@ def _voice_turn(rng: random.Random) -> list[dict[str, Any]]:
 Client = Generator[list[dict[str, Any]], dict[str, Any], None]
 
 
-def client(rng: random.Random, turns: tuple[int, int] = (3, 6), late: float = 0.0) -> Client:
+def client(rng: random.Random, turns: tuple[int, int] = (3, 6), late: float = 0.0, vad: bool = False) -> Client:
     """The client's side of one seeded session, after ``session.created``: between
-    ``turns[0]`` and ``turns[1]`` voice turns (see :func:`turn_events` for ``late``). Each
-    value it yields is the events to send at once; the driver then waits for the next
-    ``response.done`` and sends it in (the function call in it gets its output)."""
-    batch = [{"type": "session.update", "session": session_update(rng)}]
+    ``turns[0]`` and ``turns[1]`` voice turns (see :func:`turn_events` for ``late``; with
+    ``vad``, :func:`vad_turn` instead). Each value it yields is the events to send at once;
+    the driver then waits for the next ``response.done`` and sends it in (the function call
+    in it gets its output)."""
+    batch = [{"type": "session.update", "session": session_update(rng, vad)}]
     for turn in range(rng.randint(*turns)):
-        done = yield batch + turn_events(rng, turn, late)
+        done = yield batch + (vad_turn(rng) if vad else turn_events(rng, turn, late))
         batch = []
         output = (done.get("response") or {}).get("output") or []
         if output and output[0].get("type") == "function_call":
@@ -197,6 +212,7 @@ def record_direct(
     reconnect: float | None = None,
     conversation: bool = True,
     log: list[Connection] | None = None,
+    vad: bool = False,
 ) -> None:
     """Record ``sessions`` varied sessions into ``root`` as :func:`record` does, without
     a socket: each runs on a fake clock in simulated real time (a response takes its
@@ -213,7 +229,8 @@ def record_direct(
     between conversations), and each carries the label ``conversation=<seed>/<n>`` unless
     ``conversation`` is false; the client gives up after :data:`MAX_RECONNECTS`. ``log``
     receives a :class:`Connection` for every connection made: the simulator's own account
-    of its reconnects and its timing."""
+    of its reconnects and its timing. With ``vad``, the client leaves turn detection on and
+    lets the server's VAD end its turns (:func:`vad_turn`)."""
     simulator = Simulator(faults, seed=seed)
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -223,7 +240,7 @@ def record_direct(
         if reconnect is not None and conversation:
             tags[CONVERSATION_LABEL] = f"{seed}/{n}"
         pauses = random.Random(f"{seed}/{n}/think") if think else None
-        script = client(random.Random(f"{seed}/{n}"), turns, late)
+        script = client(random.Random(f"{seed}/{n}"), turns, late, vad)
         previous: Connection | None = None
         for attempt in range(MAX_RECONNECTS + 1):
             session = simulator.new_session(path, (), now=0.0)

@@ -33,15 +33,39 @@ def _fail(message: str, code: int) -> None:
 # -- shared options -------------------------------------------------------------------
 
 
+RECORDING_COMMANDS = frozenset({"proxy", "run", "simulate", "import", "demo", "ship"})
+"""Commands that write captures: their ``--captures`` is a local directory, never a URL."""
+
+
+def _captures_root(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """A directory as a path; a store URL (s3://...) as the local mirror of its captures."""
+    from analyzer.store import is_url
+
+    if not is_url(value):
+        return Path(value)
+    name = ctx.command.name
+    if name in RECORDING_COMMANDS:
+        raise BadUsage(f"rtcap {name} writes captures to a local directory, not {value} (ship them with rtcap ship)")
+    from analyzer.remote import mirror
+    from analyzer.store import StoreError
+
+    try:
+        return mirror(value)
+    except StoreError as e:
+        raise Failure(str(e)) from None
+
+
 def captures_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--captures DIR``: the capture root ($RTCAP_CAPTURES, else ./captures)."""
+    """``--captures DIR|URL``: the capture root ($RTCAP_CAPTURES, else ./captures), or a
+    store URL (s3://, gs://, az://, file://) whose captures are mirrored locally."""
     return click.option(
         "--captures",
-        type=click.Path(file_okay=False, path_type=Path),
         envvar="RTCAP_CAPTURES",
         default=DEFAULT_CAPTURES,
+        callback=_captures_root,
+        metavar="DIR|URL",
         show_default="$RTCAP_CAPTURES or ./captures",
-        help="Capture directory.",
+        help="Capture directory, or a store's URL (s3://bucket/prefix).",
     )(command)
 
 
@@ -135,7 +159,21 @@ def open_captures_for_cli(captures: Path, include_replays: bool = False) -> Any:
         click.echo(f"rtcap: warning: {name} is damaged (its problems: rtcap sessions, column problems)", err=True)
     for error in opened.report.errors:
         click.echo(f"rtcap: warning: {error}", err=True)
+    _publish(captures)
     return opened
+
+
+def _publish(captures: Path) -> None:
+    """The index of a store's captures, published back beside them (when they changed)."""
+    from analyzer.remote import publish, url_of
+    from analyzer.store import StoreError
+
+    url = url_of(captures)
+    if url is not None:
+        try:
+            publish(url, captures)
+        except StoreError as e:
+            raise Failure(str(e)) from None
 
 
 _HOLDERS: list[Any] = []  # temporary roots of captures from elsewhere, kept until exit

@@ -80,7 +80,8 @@ def open_store(url: str) -> tuple[Any, str]:
     return fs, root
 
 
-def _local(fs: Any) -> bool:
+def is_local(fs: Any) -> bool:
+    """Whether an fsspec filesystem is the local one (``file://``)."""
     protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
     return "file" in protocols or "local" in protocols
 
@@ -150,10 +151,10 @@ def _ship_one(fs: Any, path: Path, target: str, delete_after: bool, report: Ship
     if _holds(fs, target, size, md5):
         report.present.append(rel)
     else:
-        if _local(fs):
+        if is_local(fs):
             fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         fs.put_file(str(path), target)
-        if _local(fs):
+        if is_local(fs):
             os.chmod(target, 0o600)
         if not _holds(fs, target, size, md5):
             raise StoreError(f"{rel}: the copy in the store does not match (size or checksum); it will be redone")
@@ -181,7 +182,7 @@ def ship(
     listed in ``errors`` and the others go on. Raises :class:`StoreError` when the store
     cannot be opened."""
     fs, droot = open_store(dest)
-    if not _local(fs):
+    if not is_local(fs):
         bucket = droot.split("/", 1)[0]
         try:
             reachable = fs.exists(bucket)

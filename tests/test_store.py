@@ -192,3 +192,110 @@ def test_ship_takes_no_credentials_as_options() -> None:
     assert result.exit_code == 0
     for word in ("key", "secret", "token", "password", "credential", "endpoint"):
         assert word not in options
+
+
+# -- --captures s3://...: every reading command over the store, the index published beside it
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seeded simulated traffic with a planted cause (a clear before the failures)."""
+    from analyzer.sim.traffic import record_direct
+
+    root = tmp_path_factory.mktemp("planted") / "captures"
+    record_direct(root, ["fail p=0.04", "fail sent=input_audio_buffer.clear p=0.9"], sessions=40, seed=11)
+    return root
+
+
+@pytest.fixture
+def shipped(bucket: Any, planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _, name = bucket
+    assert ship(planted, f"s3://{name}/fleet").exit_code == 0
+    return f"s3://{name}/fleet"
+
+
+KEYS = {
+    "sessions": ["session_id"],
+    "events": ["session_id", "seq"],
+    "responses": ["session_id", "created_seq", "response_id"],
+    "failures": ["session_id", "seq", "source"],
+}
+
+
+def run(*args: str) -> Any:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_every_reading_command_answers_over_s3_as_locally(shipped: str, planted: Path) -> None:
+    session = capture_files(planted)[3].stem
+    for command in (
+        ["sessions", "--format", "csv"],
+        ["query", "SELECT type, count(*) AS n FROM events GROUP BY type ORDER BY type", "--format", "csv"],
+        ["query", "SELECT * FROM failures ORDER BY session_id, seq", "--format", "json"],
+        ["show", session[:20], "--format", "jsonl"],
+        ["precursors", "--format", "json"],
+        ["doctor", "--format", "csv"],
+        ["latency", "--format", "csv"],
+    ):
+        local = run(*command, "--captures", str(planted))
+        assert run(*command, "--captures", shipped) == local, command
+    document = json.loads(run("precursors", "--format", "json", "--captures", shipped))
+    assert document["failures"] > 0 and document["features"][0]["feature"].startswith("input_audio_buffer.clear")
+
+
+def test_the_index_is_published_beside_the_captures(bucket: Any, shipped: str, planted: Path) -> None:
+    import pyarrow.dataset as ds
+    import s3fs
+
+    from analyzer.remote import TABLES, dataset_files, latest
+    from analyzer.views import open_captures
+
+    client, name = bucket
+    run("sessions", "--captures", shipped)
+    assert latest(shipped)["generation"] == 1
+    local = open_captures(planted, include_replays=True)
+    fs = s3fs.S3FileSystem()
+    files = dataset_files(shipped)
+    for table in TABLES:
+        assert files[table] == [
+            f"s3://{name}/fleet/.rtcap/dataset/{table}/day={day}/" + files[table][0].rsplit("/")[-1]
+            for day in sorted({p.parent.name for p in capture_files(planted)})
+        ]
+        paths = [f.removeprefix("s3://") for f in files[table]]
+        published = ds.dataset(paths, filesystem=fs, format="parquet", partitioning="hive").to_table()
+        expected = local.sql(f"SELECT * FROM {table}")
+        order = [(column, "ascending") for column in KEYS[table]]
+        assert published.drop_columns(["day"]).sort_by(order).to_pylist() == expected.sort_by(order).to_pylist()
+
+    run("query", "SELECT 1", "--captures", shipped)
+    assert latest(shipped)["generation"] == 1  # nothing changed: nothing written
+
+    gone = capture_files(planted)[0].relative_to(planted).as_posix()
+    client.delete_object(Bucket=name, Key=f"fleet/{gone}")
+    run("sessions", "--captures", shipped)
+    entry = latest(shipped)
+    assert entry["generation"] == 2 and all(gone not in day["sources"] for day in entry["days"].values())
+    sessions = ds.dataset([f.removeprefix("s3://") for f in dataset_files(shipped)["sessions"]], filesystem=fs)
+    assert sessions.count_rows() == len(capture_files(planted)) - 1
+
+
+def test_two_indexers_at_once_never_both_publish(shipped: str, planted: Path) -> None:
+    from analyzer.remote import commit, latest, mirror, prepare
+    from analyzer.store import StoreError
+
+    root = mirror(shipped)
+    first, second = prepare(shipped, root), prepare(shipped, root)
+    assert first.generation == second.generation == 1
+    commit(first)
+    with pytest.raises(StoreError, match="another rtcap published the index of .* at the same time"):
+        commit(second)
+    assert latest(shipped) == first.entry
+
+
+def test_commands_that_record_take_no_url(captures: Path) -> None:
+    result = CliRunner().invoke(cli, ["proxy", "--upstream", "ws://127.0.0.1:1", "--captures", "s3://b/p"])
+    assert result.exit_code == 2
+    assert "rtcap proxy writes captures to a local directory, not s3://b/p (ship them with rtcap ship)" in result.output

@@ -194,6 +194,35 @@ def open_for_session(captures: Path, capture: Any) -> Any:
     return open_captures_for_cli(root, include_replays=capture.header.get("recorder") in REPLAY_RECORDERS)
 
 
+def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--engine duckdb|spark`` and ``--master URL`` (Spark's, local[*] by default)."""
+    command = click.option(
+        "--master", metavar="URL", help="Spark's master (spark://host:7077, yarn, local[4]); with --engine spark."
+    )(command)
+    return click.option(
+        "--engine",
+        type=click.Choice(["duckdb", "spark"]),
+        default="duckdb",
+        show_default=True,
+        help="Where the SQL runs: DuckDB here, or Spark over the index published as a dataset.",
+    )(command)
+
+
+def on_spark(captures: Path, master: str | None, function: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``analyzer.spark.<function>(session, url, ...)`` over the (indexed) root's
+    dataset; Spark's errors and a missing extra are one error line."""
+    from analyzer import spark
+    from analyzer.store import StoreError
+
+    try:
+        url = spark.publish_for_spark(captures)
+        return getattr(spark, function)(spark.session(master), url, *args, **kwargs)
+    except spark.SparkError as e:
+        raise Failure(str(e)) from None
+    except StoreError as e:
+        raise Failure(str(e)) from None
+
+
 def replays_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--include-replays``: the views also hold the sessions rtcap made itself."""
     return click.option(

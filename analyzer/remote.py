@@ -35,6 +35,7 @@ from typing import Any
 
 from recorder.capture import make_private_dirs
 
+from .locate import capture_files
 from .store import StoreError, is_local, open_store
 
 TABLES = ("sessions", "events", "responses", "failures")
@@ -158,27 +159,41 @@ def latest(url: str) -> dict[str, Any]:
     return entry
 
 
-def dataset_files(url: str) -> dict[str, list[str]]:
-    """The current Parquet files of each table at ``url``, as full URLs (for any engine:
-    read them with hive partitioning to get the ``day`` column)."""
+def dataset_files(url: str, entry: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """The current Parquet files of each table at ``url`` (those of ``entry``, its newest
+    log entry unless given), as full URLs, for any engine: read them with hive
+    partitioning to get the ``day`` column."""
     scheme = url.split("://", 1)[0]
-    entry = latest(url)
+    entry = latest(url) if entry is None else entry
     return {
         table: [f"{scheme}://{day['files'][table]}" for _, day in sorted(entry.get("days", {}).items())]
         for table in TABLES
     }
 
 
-def prepare(url: str, root: Path) -> Publication:
+def local_sources(root: Path) -> dict[str, list[Any]]:
+    """The identity of each capture of a local root, as :func:`prepare` compares them."""
+    found = {}
+    for path in capture_files(root):
+        with contextlib.suppress(FileNotFoundError):
+            info = os.lstat(path)
+            found[path.relative_to(root).as_posix()] = [info.st_size, str(info.st_mtime_ns)]
+    return found
+
+
+def prepare(url: str, root: Path, state: dict[str, list[Any]] | None = None) -> Publication:
     """Write the tables of every day whose captures changed since the newest generation
-    (new files, invisible until :func:`commit`); ``root`` is the local mirror of ``url``."""
+    (new files, invisible until :func:`commit`). ``root`` is the local root indexed:
+    the mirror of ``url``, whose identities (``state``) are the mirror's, or the root
+    ``url`` names itself (``file://``), with :func:`local_sources`."""
     from .views import open_captures
 
     fs, droot = open_store(url)
     _can_publish(fs, url)
     previous = latest(url)
     generation = int(previous.get("generation", 0)) + 1
-    state = json.loads((mirror_dir(url) / "mirror.json").read_text())
+    if state is None:
+        state = json.loads((mirror_dir(url) / "mirror.json").read_text())
     sources: dict[str, dict[str, Any]] = {}
     for rel, key in state.items():
         sources.setdefault(rel.split("/", 1)[0], {})[rel] = key
@@ -260,10 +275,10 @@ def _sweep(fs: Any, droot: str, publication: Publication) -> None:
                 fs.rm_file(path)
 
 
-def publish(url: str, root: Path) -> int:
-    """Publish the index of the mirror ``root`` to ``url`` if its captures changed;
-    returns the generation now current (0 when nothing is published)."""
-    publication = prepare(url, root)
+def publish(url: str, root: Path, state: dict[str, list[Any]] | None = None) -> int:
+    """Publish the index of ``root`` to ``url`` if its captures changed (see
+    :func:`prepare`); returns the generation now current (0 when nothing is published)."""
+    publication = prepare(url, root, state)
     if publication.changed:
         commit(publication)
         return publication.generation

@@ -12,8 +12,10 @@ from analyzer.cliutil import (
     Failure,
     captures_option,
     emit,
+    engine_options,
     library,
     load,
+    on_spark,
     open_captures_for_cli,
     open_for_session,
     output_options,
@@ -25,22 +27,38 @@ from analyzer.cliutil import (
 @click.command()
 @click.argument("sql")
 @replays_option
+@engine_options
 @output_options
 @captures_option
-def query(sql: str, include_replays: bool, fmt: str | None, output: Path | None, captures: Path) -> None:
+def query(
+    sql: str,
+    include_replays: bool,
+    engine: str,
+    master: str | None,
+    fmt: str | None,
+    output: Path | None,
+    captures: Path,
+) -> None:
     """Run SQL over every capture (SQL of "-" is read from stdin).
 
     The views are sessions, events, failures and responses (see the README); queries
     are read-only. Captures are indexed first, incrementally, into CAPTURES/.rtcap/.
+    With --engine spark the same SQL runs on Spark (translated by sqlglot) over the index
+    published as a dataset (--master picks the cluster; local[*] by default).
 
     \b
     Example:
       rtcap query "SELECT type, count(*) FROM events WHERE direction = 'received' GROUP BY ALL"
       rtcap query "SELECT * FROM failures" --output failures.parquet
     """
+    if master and engine != "spark":
+        raise BadUsage("--master goes with --engine spark")
     if sql == "-":
         sql = sys.stdin.read()
     opened = open_captures_for_cli(captures, include_replays)
+    if engine == "spark":
+        emit(on_spark(captures, master, "query", sql, include_replays=include_replays), fmt, output)
+        return
     emit(library(opened.sql, sql), fmt, output)
 
 

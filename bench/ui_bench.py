@@ -33,7 +33,7 @@ from analyzer.locate import load_session  # noqa: E402
 from analyzer.page import page_data, render  # noqa: E402
 from analyzer.sim.traffic import record_direct  # noqa: E402
 from analyzer.views import open_captures  # noqa: E402
-from recorder.session import SessionRecorder  # noqa: E402
+from recorder.session import RECEIVED, SENT, SessionRecorder  # noqa: E402
 
 TARGET_MS = 1000.0
 
@@ -150,15 +150,15 @@ def many_sessions(root: Path, count: int) -> None:
         )
         session.start(0)
         created = {"type": "session.created", "session": {"id": f"sess_bench{i:07d}", "model": "gpt-realtime"}}
-        session.message("received", json.dumps(created), 1_000_000)
-        session.message("sent", json.dumps({"type": "response.create"}), 2_000_000)
+        session.message(RECEIVED, json.dumps(created), 1_000_000)
+        session.message(SENT, json.dumps({"type": "response.create"}), 2_000_000)
         status = "failed" if i % 20 == 0 else "completed"
         for n in range(i % 5):
-            session.message("received", json.dumps({"type": "response.output_text.delta", "delta": "x"}), 3_000_000 + n)
+            session.message(RECEIVED, json.dumps({"type": "response.output_text.delta", "delta": "x"}), 3_000_000 + n)
         done = {"type": "response.done", "response": {"id": f"resp_{i}", "status": status}}
         if status == "failed":
             done["response"]["status_details"] = {"error": {"type": "server_error", "message": "boom"}}
-        session.message("received", json.dumps(done), 9_000_000)
+        session.message(RECEIVED, json.dumps(done), 9_000_000)
         session.end(10_000_000, closed_by="client", code=1000)
 
 
@@ -197,7 +197,7 @@ def bench_sessions(browser: Any, count: int, work: Path) -> None:
                 started = time.perf_counter()
                 page.goto(f"{server.url}/?{query}")
                 timings.append((time.perf_counter() - started) * 1000)
-            rows = page.locator("#sessions tbody tr").count()
+            rows = page.locator("#sessions tbody td:first-child a").count()
             size = len(page.content().encode())
             print(
                 f"   {name:32} {min(timings):6.0f} ms (best of 3, median {sorted(timings)[1]:.0f}), "

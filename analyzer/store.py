@@ -215,7 +215,12 @@ def watch(
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Ship again every ``interval`` seconds, as sessions close, until interrupted;
-    ``on_pass`` hears what each pass did."""
+    ``on_pass`` hears what each pass did. A pass the store refused (unreachable for a
+    while, say) is reported in its ``errors`` and the next one tries again."""
     while True:
-        on_pass(ship(root, dest, delete_after=delete_after, progress=progress))
+        try:
+            report = ship(root, dest, delete_after=delete_after, progress=progress)
+        except StoreError as e:
+            report = ShipReport(errors=[str(e)])
+        on_pass(report)
         time.sleep(interval)

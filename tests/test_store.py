@@ -299,3 +299,31 @@ def test_commands_that_record_take_no_url(captures: Path) -> None:
     result = CliRunner().invoke(cli, ["proxy", "--upstream", "ws://127.0.0.1:1", "--captures", "s3://b/p"])
     assert result.exit_code == 2
     assert "rtcap proxy writes captures to a local directory, not s3://b/p (ship them with rtcap ship)" in result.output
+
+
+def test_watch_goes_on_when_the_store_refuses_a_pass(bucket: Any, make_capture: Any, captures: Path) -> None:
+    client, name = bucket
+    local = corpus(make_capture, 1)
+    later = f"{name}-later"
+    process = subprocess.Popen(
+        [*RTCAP, "ship", f"s3://{later}", "--watch", "--interval", "0.1", "--captures", str(captures)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None and process.stdout is not None
+        assert process.stderr.readline().startswith("rtcap ship: watching ")
+        assert process.stderr.readline() == (
+            f"rtcap: warning: cannot ship s3://{later}: no bucket {later}, or no access to it\n"
+        )
+        client.create_bucket(Bucket=later)
+        line = process.stdout.readline()
+        while line.startswith("shipped 0 captures"):
+            line = process.stdout.readline()
+        assert line == f"shipped 1 capture (0.0 MB) to s3://{later}\n"
+        assert stored(client, later) == local
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert process.returncode == 130

@@ -208,6 +208,7 @@ class Index:
         self._pending: list[tuple[dict[str, Any], pa.Table]] = []
         self._pending_rows = 0
         self._rows: list[dict[str, Any]] | None = None  # the manifest as the last update left it
+        self._snapshot: tuple[tuple[int, int, int], pa.Table, list[str]] | None = None
         self._present: set[str] = set()  # the segments on disk when this update began
 
     def manifest(self) -> dict[str, dict[str, Any]]:
@@ -485,6 +486,33 @@ class Index:
         table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
         table = table.replace_schema_metadata({"rtcap_index": str(INDEX_VERSION)})
         _atomic_parquet(table, self.manifest_path)
+
+    def snapshot(self) -> tuple[pa.Table, list[Path]]:
+        """The manifest as a table, and the segments it names that are there: what one
+        query reads. The table is parsed again only when the manifest file changed, so a
+        process that queries often (``rtcap ui``) does not pay for it on every statement."""
+        import pyarrow.compute as pc
+
+        try:
+            info = os.stat(self.manifest_path)
+        except OSError:
+            return MANIFEST_SCHEMA.empty_table(), []
+        key = (info.st_mtime_ns, info.st_size, info.st_ino)
+        if self._snapshot is None or self._snapshot[0] != key:
+            try:
+                table = pq.read_table(self.manifest_path)
+            except (OSError, pa.ArrowException):
+                table = MANIFEST_SCHEMA.empty_table()
+            if (
+                table.schema.metadata is None
+                or table.schema.metadata.get(b"rtcap_index") != str(INDEX_VERSION).encode()
+            ):
+                table = MANIFEST_SCHEMA.empty_table()
+            names = sorted(pc.unique(pc.list_flatten(table["segments"])).to_pylist()) if table.num_rows else []
+            self._snapshot = (key, table, names)
+        _, table, names = self._snapshot
+        # Segments are removed only once no manifest names them; one removed by hand is skipped.
+        return table, [self.events_dir / name for name in names if _is_file(self.events_dir / name)]
 
     def part_files(self, fresh: bool = False) -> list[Path]:
         """Every segment of the captures in the manifest, for DuckDB: as this process's

@@ -20,7 +20,7 @@ import pyarrow as pa
 from recorder import events, turns
 
 from .db import connect, in_list, json_path, lock
-from .index import MANIFEST_SCHEMA, Index, UpdateReport
+from .index import Index, UpdateReport
 
 READING = {"SELECT", "EXPLAIN"}
 REPLAY_RECORDERS = ("simulator", "serve", "replay")
@@ -278,19 +278,15 @@ class Captures:
         The turns are found only for a ``query`` that names them (they take a pass over
         the index's turn events); other queries see the view empty."""
         import pyarrow.dataset as ds
-        import pyarrow.parquet as pq
 
         con = connect()
         try:
-            parts = [str(p) for p in self.index.part_files(fresh=True)]
+            manifest, segments = self.index.snapshot()
+            parts = [str(p) for p in segments]
             if parts:
                 con.register("_all_events", ds.dataset(parts, format="parquet"))
             else:
                 con.execute(f"CREATE TEMP VIEW _all_events AS {_EMPTY_EVENTS}")
-            if self.index.manifest_path.exists():
-                manifest = pq.read_table(self.index.manifest_path)
-            else:
-                manifest = pa.Table.from_pylist([], schema=MANIFEST_SCHEMA)
             con.register("_all_manifest", manifest)
             kept = "true" if self.include_replays else f"coalesce(recorder NOT IN {in_list(REPLAY_RECORDERS)}, true)"
             con.execute(f"CREATE TEMP VIEW _manifest AS SELECT * FROM _all_manifest WHERE {kept}")

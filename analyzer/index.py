@@ -220,7 +220,7 @@ class Index:
             table = pq.read_table(self.manifest_path)
         except (OSError, pa.ArrowException):
             return {}
-        if table.schema.metadata is None or table.schema.metadata.get(b"rtcap_index") != str(INDEX_VERSION).encode():
+        if not _current(table):
             return {}
         return {row["file"]: row for row in table.to_pylist()}
 
@@ -503,10 +503,7 @@ class Index:
                 table = pq.read_table(self.manifest_path)
             except (OSError, pa.ArrowException):
                 table = MANIFEST_SCHEMA.empty_table()
-            if (
-                table.schema.metadata is None
-                or table.schema.metadata.get(b"rtcap_index") != str(INDEX_VERSION).encode()
-            ):
+            if not _current(table):
                 table = MANIFEST_SCHEMA.empty_table()
             names = sorted(pc.unique(pc.list_flatten(table["segments"])).to_pylist()) if table.num_rows else []
             self._snapshot = (key, table, names)
@@ -531,6 +528,12 @@ class Index:
         """Hold the index steady while a query reads it."""
         with _locked(self.dir, exclusive=False):
             yield
+
+
+def _current(manifest: pa.Table) -> bool:
+    """Whether a manifest was written by this version of the index (else it is rebuilt)."""
+    metadata = manifest.schema.metadata or {}
+    return metadata.get(b"rtcap_index") == str(INDEX_VERSION).encode()
 
 
 def _is_file(path: Path) -> bool:

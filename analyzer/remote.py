@@ -43,6 +43,8 @@ TABLES = ("sessions", "events", "responses", "failures")
 
 _MIRRORS: dict[Path, str] = {}  # local mirror -> its URL, for the processes' open roots
 _DAY_OF_FILE = "split_part(file, '/', 1)"
+SESSIONS_PER_BATCH = 100
+"""Sessions read and written at once when publishing: what bounds its memory."""
 
 
 def mirror_dir(url: str) -> Path:
@@ -181,7 +183,9 @@ def local_sources(root: Path) -> dict[str, list[Any]]:
     return found
 
 
-def prepare(url: str, root: Path, state: dict[str, list[Any]] | None = None) -> Publication:
+def prepare(
+    url: str, root: Path, state: dict[str, list[Any]] | None = None, *, batch: int = SESSIONS_PER_BATCH
+) -> Publication:
     """Write the tables of every day whose captures changed since the newest generation
     (new files, invisible until :func:`commit`). ``root`` is the local root indexed:
     the mirror of ``url``, whose identities (``state``) are the mirror's, or the root
@@ -206,26 +210,36 @@ def prepare(url: str, root: Path, state: dict[str, list[Any]] | None = None) -> 
             days[day] = old
             continue
         captures = captures or open_captures(root, include_replays=True)
+        ids = captures.sql(
+            f"SELECT session_id FROM sessions WHERE {_DAY_OF_FILE} = ? ORDER BY session_id", [day]
+        ).column(0)
         files = {}
         for table in TABLES:
-            rows = captures.sql(
-                f"SELECT * FROM {table} WHERE session_id IN (SELECT session_id FROM sessions WHERE {_DAY_OF_FILE} = ?)",
-                [day],
-            )
             path = f"{droot}/.rtcap/dataset/{table}/day={day}/{generation:08d}-{tag}.parquet"
-            _write_parquet(fs, rows, path)
+            _write_parquet(fs, captures, table, ids.to_pylist(), path, batch)
             files[table] = path
         days[day] = {"sources": wanted, "files": files}
     return Publication(url, generation, {"version": 1, "generation": generation, "days": days}, previous)
 
 
-def _write_parquet(fs: Any, table: Any, path: str) -> None:
+def _write_parquet(fs: Any, captures: Any, table: str, ids: list[str], path: str, size: int) -> None:
+    """One day's rows of ``table`` as one Parquet file, a row group per batch of sessions,
+    so that memory holds one batch, never the day."""
     import pyarrow.parquet as pq
 
     if is_local(fs):
         make_private_dirs(Path(path).parent)
     with fs.open(path, "wb") as out:
-        pq.write_table(table, out)
+        writer = None
+        for start in range(0, max(len(ids), 1), size):
+            batch = captures.sql(
+                f"SELECT * FROM {table} WHERE list_contains(?, session_id)", [ids[start : start + size]]
+            )
+            if writer is None:
+                writer = pq.ParquetWriter(out, batch.schema)
+            writer.write_table(batch)
+        if writer is not None:
+            writer.close()
     if is_local(fs):
         os.chmod(path, 0o600)
 

@@ -287,12 +287,24 @@ def test_two_indexers_at_once_never_both_publish(shipped: str, planted: Path) ->
     from analyzer.store import StoreError
 
     root = mirror(shipped)
-    first, second = prepare(shipped, root), prepare(shipped, root)
+    first, second = prepare(shipped, root, batch=7), prepare(shipped, root)
     assert first.generation == second.generation == 1
     commit(first)
     with pytest.raises(StoreError, match="another rtcap published the index of .* at the same time"):
         commit(second)
     assert latest(shipped) == first.entry
+    # Written 7 sessions at a time, the tables are the views all the same.
+    import pyarrow.dataset as ds
+    import s3fs
+
+    from analyzer.remote import dataset_files
+    from analyzer.views import open_captures
+
+    local = open_captures(planted, include_replays=True)
+    for table, files in dataset_files(shipped).items():
+        published = ds.dataset([f.removeprefix("s3://") for f in files], filesystem=s3fs.S3FileSystem()).to_table()
+        order = [(column, "ascending") for column in KEYS[table]]
+        assert published.sort_by(order).to_pylist() == local.sql(f"SELECT * FROM {table}").sort_by(order).to_pylist()
 
 
 def test_commands_that_record_take_no_url(captures: Path) -> None:

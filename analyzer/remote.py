@@ -43,8 +43,8 @@ TABLES = ("sessions", "events", "responses", "failures")
 
 _MIRRORS: dict[Path, str] = {}  # local mirror -> its URL, for the processes' open roots
 _DAY_OF_FILE = "split_part(file, '/', 1)"
-SESSIONS_PER_BATCH = 100
-"""Sessions read and written at once when publishing: what bounds its memory."""
+ROWS_PER_BATCH = 100_000
+"""Rows read and written at once when publishing: what bounds its memory."""
 
 
 def mirror_dir(url: str) -> Path:
@@ -184,7 +184,7 @@ def local_sources(root: Path) -> dict[str, list[Any]]:
 
 
 def prepare(
-    url: str, root: Path, state: dict[str, list[Any]] | None = None, *, batch: int = SESSIONS_PER_BATCH
+    url: str, root: Path, state: dict[str, list[Any]] | None = None, *, batch: int = ROWS_PER_BATCH
 ) -> Publication:
     """Write the tables of every day whose captures changed since the newest generation
     (new files, invisible until :func:`commit`). ``root`` is the local root indexed:
@@ -210,36 +210,33 @@ def prepare(
             days[day] = old
             continue
         captures = captures or open_captures(root, include_replays=True)
-        ids = captures.sql(
-            f"SELECT session_id FROM sessions WHERE {_DAY_OF_FILE} = ? ORDER BY session_id", [day]
-        ).column(0)
         files = {}
         for table in TABLES:
             path = f"{droot}/.rtcap/dataset/{table}/day={day}/{generation:08d}-{tag}.parquet"
-            _write_parquet(fs, captures, table, ids.to_pylist(), path, batch)
+            _write_parquet(fs, captures, table, day, path, batch)
             files[table] = path
         days[day] = {"sources": wanted, "files": files}
     return Publication(url, generation, {"version": 1, "generation": generation, "days": days}, previous)
 
 
-def _write_parquet(fs: Any, captures: Any, table: str, ids: list[str], path: str, size: int) -> None:
-    """One day's rows of ``table`` as one Parquet file, a row group per batch of sessions,
-    so that memory holds one batch, never the day."""
+def _write_parquet(fs: Any, captures: Any, table: str, day: str, path: str, rows: int) -> None:
+    """One day's rows of ``table`` as one Parquet file, streamed ``rows`` at a time (a row
+    group each) in one pass over the index, so that memory holds a batch, never the day."""
     import pyarrow.parquet as pq
 
     if is_local(fs):
         make_private_dirs(Path(path).parent)
+    query = f"SELECT * FROM {table} WHERE session_id IN (SELECT session_id FROM sessions WHERE {_DAY_OF_FILE} = ?)"
     with fs.open(path, "wb") as out:
         writer = None
-        for start in range(0, max(len(ids), 1), size):
-            batch = captures.sql(
-                f"SELECT * FROM {table} WHERE list_contains(?, session_id)", [ids[start : start + size]]
-            )
+        for batch in captures.stream(query, [day], rows):
             if writer is None:
                 writer = pq.ParquetWriter(out, batch.schema)
-            writer.write_table(batch)
-        if writer is not None:
-            writer.close()
+            writer.write_batch(batch)
+        if writer is None:  # no rows: the file still has the table's columns
+            empty = captures.sql(f"{query} LIMIT 0", [day])
+            writer = pq.ParquetWriter(out, empty.schema)
+        writer.close()
     if is_local(fs):
         os.chmod(path, 0o600)
 

@@ -10,7 +10,7 @@ Queries return ``pyarrow.Table``; only reading statements are accepted.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -308,15 +308,7 @@ class Captures:
         with self.index.reading():
             con = self._connect(query)
             try:
-                try:
-                    statements = con.extract_statements(query)
-                except duckdb.Error as e:
-                    raise QueryError(_one_line(e)) from None
-                if len(statements) != 1:
-                    raise QueryError(f"expected one SQL statement, got {len(statements)}")
-                kind = statements[0].type.name
-                if kind not in READING:  # a clearer answer than the sandbox's, not a defence
-                    raise QueryError(f"only reading queries are allowed here, not {kind}")
+                _reading(con, query)
                 try:
                     return con.sql(query, params=params).to_arrow_table()
                 except duckdb.Error as e:
@@ -324,8 +316,36 @@ class Captures:
             finally:
                 con.close()
 
+    def stream(self, query: str, params: list[Any] | None = None, rows: int = 100_000) -> Iterator[pa.RecordBatch]:
+        """Run one reading statement and yield its rows ``rows`` at a time, so that memory
+        holds a batch, not the result (publishing the index to a store reads it so)."""
+        with self.index.reading():
+            con = self._connect(query)
+            try:
+                _reading(con, query)
+                try:
+                    yield from con.sql(query, params=params).to_arrow_reader(rows)
+                except duckdb.Error as e:
+                    raise QueryError(_one_line(e)) from None
+            finally:
+                con.close()
+
     def close(self) -> None:
         """Nothing stays open between statements; kept for callers that close."""
+
+
+def _reading(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Refuse anything but one reading statement: a clearer answer than the sandbox's,
+    not a defence."""
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as e:
+        raise QueryError(_one_line(e)) from None
+    if len(statements) != 1:
+        raise QueryError(f"expected one SQL statement, got {len(statements)}")
+    kind = statements[0].type.name
+    if kind not in READING:
+        raise QueryError(f"only reading queries are allowed here, not {kind}")
 
 
 def _one_line(error: Exception) -> str:

@@ -287,13 +287,13 @@ def test_two_indexers_at_once_never_both_publish(shipped: str, planted: Path) ->
     from analyzer.store import StoreError
 
     root = mirror(shipped)
-    first, second = prepare(shipped, root, batch=7), prepare(shipped, root)
+    first, second = prepare(shipped, root, batch=500), prepare(shipped, root)
     assert first.generation == second.generation == 1
     commit(first)
     with pytest.raises(StoreError, match="another rtcap published the index of .* at the same time"):
         commit(second)
     assert latest(shipped) == first.entry
-    # Written 7 sessions at a time, the tables are the views all the same.
+    # Written 500 rows at a time, the tables are the views all the same.
     import pyarrow.dataset as ds
     import s3fs
 

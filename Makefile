@@ -81,6 +81,7 @@ bench: $(VENV)/.installed-bench $(MITM_VENV)/bin/mitmdump $(VENV)/aiohttp-newest
 	$(BIN)/python bench/index_bench.py
 	$(BIN)/python bench/precursors_bench.py
 	$(BIN)/python bench/ui_bench.py
+	$(BIN)/python bench/scale_bench.py
 
 # README's screenshot: the demo's failed session page, in Debian's chromium.
 screenshot: $(VENV)/.installed-test

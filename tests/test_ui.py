@@ -102,7 +102,8 @@ def test_sessions_list_filters_searches_sorts_and_links(server, root, page) -> N
     assert page.locator("#total").inner_text() == f"{len(everything)} sessions"
     assert _ids(page) == [s["session_id"] for s in everything]  # newest first
     page.locator("input[name=failed]").check()
-    page.locator("button", has_text="filter").click()
+    with page.expect_navigation():  # the filter is a new page: read it once it has loaded
+        page.locator("button", has_text="filter").click()
     failed = [s["session_id"] for s in everything if s["failed"]]
     assert 0 < len(failed) < len(everything) and _ids(page) == failed
     assert "failed=1" in page.url  # the URL is the state: it can be shared
@@ -112,12 +113,15 @@ def test_sessions_list_filters_searches_sorts_and_links(server, root, page) -> N
     assert _ids(page) == [one["session_id"]]
     # sorting by a column's header
     page.goto(server.url + "/")
-    page.locator("#sessions th a", has_text="messages").click()
-    page.locator("#sessions th a", has_text="messages").click()  # the second click sorts ascending
+    with page.expect_navigation():
+        page.locator("#sessions th a", has_text="messages").click()
+    with page.expect_navigation():
+        page.locator("#sessions th a", has_text="messages").click()  # the second click sorts ascending
     assert "order=asc" in page.url
     ordered = sorted(everything, key=lambda s: (s["messages"], s["session_id"]))
     assert _ids(page) == [s["session_id"] for s in ordered]
-    page.locator("#sessions tbody a").first.click()
+    with page.expect_navigation():
+        page.locator("#sessions tbody a").first.click()
     page.wait_for_function("() => window.rtcap && window.rtcap.ready")
     assert page.locator("header.session h1").inner_text() == ordered[0]["session_id"]
     assert page.errors == []

@@ -230,24 +230,34 @@ def replays_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-@contextlib.contextmanager
-def indexing_progress() -> Iterator[Callable[[int, int], None] | None]:
+def indexing_progress() -> contextlib.AbstractContextManager[Callable[[int, int], None] | None]:
     """A progress callback that shows a bar on a terminal once indexing takes a moment."""
+    return progress_bar("indexing captures")
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, *, passes: bool = False) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``(done, total)`` callback drawing a bar on a terminal once the work takes a moment
+    (nothing off a terminal). With ``passes``, the bar goes when a pass is done and comes
+    back for the next (``rtcap ship --watch``)."""
     if not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
 
     started = time.monotonic()
     with Progress(transient=True) as bar:
-        task = None
+        task: TaskID | None = None
 
         def advance(done: int, total: int) -> None:
             nonlocal task
             if task is None and time.monotonic() - started > 0.5:
-                task = bar.add_task("indexing captures", total=total)
+                task = bar.add_task(label, total=total)
             if task is not None:
-                bar.update(task, completed=done)
+                bar.update(task, completed=done, total=total)
+                if passes and done == total:
+                    bar.remove_task(task)
+                    task = None
 
         yield advance
 

@@ -46,16 +46,7 @@ def list_sessions(
     limit: int | None = None,
 ) -> pa.Table:
     """``rtcap sessions``: one row per session, newest first, filtered."""
-    where: list[str] = []
-    params: list[Any] = []
-    if failed:
-        where.append("failed")
-    for key, value in (labels or {}).items():
-        where.append("labels[?] = ?")
-        params += [key, value]
-    if since is not None:
-        where.append("started_at >= ?")
-        params.append(since)
+    where, params = session_filter(failed=failed, labels=labels, since=since)
     query = (
         f"SELECT {SESSION_COLUMNS} FROM sessions"
         + (" WHERE " + " AND ".join(where) if where else "")
@@ -80,6 +71,24 @@ TIMELINE_SCHEMA = pa.schema(
         ("failure", pa.bool_()),
     ]
 )
+
+
+def session_filter(
+    *, failed: bool = False, labels: dict[str, str] | None = None, since: dt.datetime | None = None
+) -> tuple[list[str], list[Any]]:
+    """The conditions (on ``sessions``' columns) and parameters of the filters every
+    command that lists sessions takes: ``--failed``, ``--label K=V``, ``--since``."""
+    where: list[str] = []
+    params: list[Any] = []
+    if failed:
+        where.append("failed")
+    for key, value in (labels or {}).items():
+        where.append("labels[?] = ?")
+        params += [key, value]
+    if since is not None:
+        where.append("started_at >= ?")
+        params.append(since)
+    return where, params
 
 
 def session_timeline(captures: Captures, session_id: str, around: int | None = None, context: int = 20) -> pa.Table:

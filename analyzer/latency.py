@@ -11,12 +11,12 @@ sessions' turns together (``group`` is ``all``), then one per label value they c
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 import pyarrow as pa
 
 from recorder import turns
 
+from .explore import session_filter
 from .views import Captures
 
 PERCENTILES = (0.5, 0.9, 0.99)
@@ -38,14 +38,8 @@ SCHEMA = pa.schema(
 def latency(captures: Captures, *, labels: dict[str, str] | None = None, since: dt.datetime | None = None) -> pa.Table:
     """``rtcap latency``: p50, p90 and p99 of each latency kind, overall and per label
     value, over the turns of the sessions with ``labels`` started since ``since``."""
-    where: list[str] = ["true"]
-    params: list[Any] = []
-    for key, value in (labels or {}).items():
-        where.append("labels[?] = ?")
-        params += [key, value]
-    if since is not None:
-        where.append("started_at >= ?")
-        params.append(since)
+    where, params = session_filter(labels=labels, since=since)
+    where = where or ["true"]
     unpivot = " UNION ALL ".join(
         f"SELECT t.session_id, '{kind}' AS kind, {n} AS k, t.{kind} AS ms FROM turns t WHERE t.{kind} IS NOT NULL"
         for n, kind in enumerate(turns.LATENCIES)

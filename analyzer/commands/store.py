@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from analyzer.cliutil import BadUsage, Failure, captures_option, plural
+from analyzer.cliutil import BadUsage, Failure, captures_option, plural, progress_bar
 
 
 def _summary(report: Any, dest: str) -> str:
@@ -27,31 +23,6 @@ def _summary(report: Any, dest: str) -> str:
     if report.errors:
         extras.append(f"{len(report.errors)} failed")
     return line + (f"; {', '.join(extras)}" if extras else "")
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator[Callable[[int, int], None] | None]:
-    """A bar on a terminal for a pass that takes a moment; nothing otherwise."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.progress import Progress
-
-    started = time.monotonic()
-    with Progress(transient=True) as bar:
-        task = None
-
-        def advance(done: int, total: int) -> None:
-            nonlocal task
-            if task is None and time.monotonic() - started > 0.5:
-                task = bar.add_task("shipping captures", total=total)
-            if task is not None:
-                bar.update(task, completed=done, total=total)
-                if done == total:
-                    bar.remove_task(task)
-                    task = None
-
-        yield advance
 
 
 @click.command()
@@ -90,7 +61,7 @@ def ship(dest: str, keep_watching: bool, interval: float, delete_after: bool, ca
         raise BadUsage(f"no capture directory {captures}")
     try:
         open_store(dest)  # a missing library or a bad URL is one error before anything is read
-        with _progress() as progress:
+        with progress_bar("shipping captures", passes=True) as progress:
             if not keep_watching:
                 report = ship_pass(captures, dest, delete_after=delete_after, progress=progress)
                 click.echo(_summary(report, dest))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ..explore import SESSION_COLUMNS
+from ..explore import SESSION_COLUMNS, session_filter
 from ..render import rows as plain_rows
 from ..views import Captures
 
@@ -31,16 +31,7 @@ def sessions_page(
     session id or the server's ``sess_`` id), and how many sessions match in all."""
     if sort not in SORTS:
         raise ValueError(f"cannot sort by {sort!r}")
-    where: list[str] = []
-    params: list[Any] = []
-    if failed:
-        where.append("failed")
-    for key, value in (labels or {}).items():
-        where.append("labels[?] = ?")
-        params += [key, value]
-    if since is not None:
-        where.append("started_at >= ?")
-        params.append(since)
+    where, params = session_filter(failed=failed, labels=labels, since=since)
     if search:
         where.append("(contains(session_id, ?) OR contains(coalesce(server_session_id, ''), ?))")
         params += [search, search]

@@ -36,7 +36,7 @@ import numpy as np
 
 from recorder import events as protocol
 
-from .stats import Strata, cut_points, fisher_greater, holm, number
+from .stats import Strata, busiest_second, cut_points, fisher_greater, holm, number
 from .views import Captures
 
 __all__ = ["analyse", "fisher_greater", "holm"]
@@ -298,7 +298,7 @@ def _window_features(window: Window, rows: list[dict[str, Any]], fields: dict[st
         window.features.add(f"{first} -> {second}")
     if largest_chunk is not None:  # no audio in the window: the measure is missing, not zero
         window.measures["audio_chunk_ms"] = largest_chunk
-    window.measures["events_per_second"] = protocol.busiest_second(client_times)
+    window.measures["events_per_second"] = busiest_second(client_times)
 
 
 def _fields(window_id: int, kind: str, payload: str, fields: dict[str, dict[str, set[int]]]) -> None:

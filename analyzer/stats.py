@@ -126,3 +126,13 @@ def cut_points(values: Sequence[float]) -> list[float]:
 def number(value: float) -> str:
     """A threshold as a feature's name shows it: whole numbers as such, else 3 digits."""
     return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
+
+
+def busiest_second(times: Sequence[float]) -> int:
+    """The most events inside any one-second span of ``times`` (seconds, ascending)."""
+    best = start = 0
+    for end in range(len(times)):
+        while times[end] - times[start] > 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best

@@ -568,20 +568,6 @@ def failures(
 
 
 # ---------------------------------------------------------------------------
-# Rates
-
-
-def busiest_second(times: Sequence[float]) -> int:
-    """The most events inside any one-second span of ``times`` (seconds, ascending)."""
-    best = start = 0
-    for end in range(len(times)):
-        while times[end] - times[start] > 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
-# ---------------------------------------------------------------------------
 # New input, and what a client makes up afresh
 
 RESPONSE_CREATE = "response.create"

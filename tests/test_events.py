@@ -284,12 +284,6 @@ def test_failures_of_a_session(stream, end, expected) -> None:
         assert events.failure_matches(failure, "any")
 
 
-def test_busiest_second() -> None:
-    assert events.busiest_second([]) == 0
-    assert events.busiest_second([0.0, 0.5, 1.0, 1.01, 3.0]) == 3
-    assert events.busiest_second([float(i) / 100 for i in range(60)]) == 60
-
-
 def test_the_tables_hold_what_realtime_md_lists() -> None:
     # Names differ between dialects only where REALTIME.md says they do.
     assert events.BETA_NAMES["conversation.item.added"] == "conversation.item.created"

@@ -372,3 +372,11 @@ def test_first_failures_only_keeps_one_failure_a_session(tmp_path: Path) -> None
     assert first["failures"] == sessions_failing < every["failures"]
     assert first["controls"] == every["controls"]
     assert first["window"]["first_failures_only"] is True
+
+
+def test_busiest_second() -> None:
+    from analyzer.stats import busiest_second
+
+    assert busiest_second([]) == 0
+    assert busiest_second([0.0, 0.5, 1.0, 1.01, 3.0]) == 3
+    assert busiest_second([float(i) / 100 for i in range(60)]) == 60

@@ -45,7 +45,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from recorder.events import busiest_second
+from analyzer.stats import busiest_second
 
 EFFECTS = ("fail", "error", "drop", "close", "stall", "ratelimit")
 _NUMERIC = re.compile(r"^(audio_ms|rate|age|tokens|turn|failed)>(\d+(?:\.\d+)?)$")

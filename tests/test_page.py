@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -106,18 +105,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         [sid],
     ).to_pylist()
     return {"root": root, "sid": sid, "failure": failure, "audio": audio, "alone": alone}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

@@ -173,26 +173,19 @@ class _Page(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_a_browser_is_recorded_through_the_proxy(simulator, start_proxy, captures) -> None:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
+def test_a_browser_is_recorded_through_the_proxy(simulator, start_proxy, captures, browser) -> None:
     proxy = start_proxy(simulator.url)
     key = "sk-browser-canary-4e5f6a7b"
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium)
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{server.server_port}/{PAGE.name}?url={proxy.url}&key={key}")
-                page.wait_for_function("window.result !== undefined", timeout=30_000)
-                result = page.evaluate("window.result")
-            finally:
-                browser.close()
+        page = browser.new_page()
+        try:
+            page.goto(f"http://127.0.0.1:{server.server_port}/{PAGE.name}?url={proxy.url}&key={key}")
+            page.wait_for_function("window.result !== undefined", timeout=30_000)
+            result = page.evaluate("window.result")
+        finally:
+            page.close()
     finally:
         server.shutdown()
         server.server_close()

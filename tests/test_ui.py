@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import socket
 import threading
 import time
@@ -24,7 +23,7 @@ from analyzer.sim.traffic import record_direct
 from analyzer.views import open_captures
 
 pytest.importorskip("starlette")
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")  # the whole module drives a browser
 
 
 class UiServer:
@@ -64,17 +63,6 @@ def server(root: Path) -> Any:
     running = UiServer(root)
     yield running
     running.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -86,25 +86,24 @@ class DirectConnection:
                     return event
             if self.ended or not self._queue:
                 return None
-            self.now, _, process = heapq.heappop(self._queue)
-            wake = next(process, None)
-            if wake == _PARK:
-                self._parked = process
-            elif wake is not None:
-                self._schedule(wake, process)
+            self._step()
 
     def idle(self, seconds: float) -> None:
         """The client does nothing for ``seconds``: the server's own doings in that time
         happen (its events wait, unread, for the next :meth:`wait_for`)."""
         until = self.now + seconds
         while self._queue and self._queue[0][0] <= until and not self.ended:
-            self.now, _, process = heapq.heappop(self._queue)
-            wake = next(process, None)
-            if wake == _PARK:
-                self._parked = process
-            elif wake is not None:
-                self._schedule(wake, process)
+            self._step()
         self.now = max(self.now, until)
+
+    def _step(self) -> None:
+        """Move the clock to the next scheduled process and run it until it waits again."""
+        self.now, _, process = heapq.heappop(self._queue)
+        wake = next(process, None)
+        if wake == _PARK:
+            self._parked = process
+        elif wake is not None:
+            self._schedule(wake, process)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """The client closes the connection (nothing happens if it has ended already)."""

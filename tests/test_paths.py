@@ -13,15 +13,8 @@ from click.testing import CliRunner
 
 from analyzer.cli import cli
 from recorder.session import RECEIVED, SENT
+from tests.test_files import FAILED_DONE
 
-FAILED_DONE = {
-    "type": "response.done",
-    "response": {
-        "id": "resp_1",
-        "status": "failed",
-        "status_details": {"type": "failed", "error": {"type": "server_error", "message": "boom"}},
-    },
-}
 MESSAGES = [
     (0, RECEIVED, {"type": "session.created", "session": {"id": "sess_paths"}}),
     (0.2, SENT, {"type": "response.create"}),

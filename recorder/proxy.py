@@ -4,30 +4,35 @@ Each client connection is relayed to the upstream URL and recorded as one sessio
 upstream handshake happens inside the client's handshake, so what the upstream says
 (its subprotocol, its headers, or its rejection with status and body) is what the
 client gets. Every message is recorded before it is forwarded.
+
+The handshakes are here; the relaying is :mod:`recorder.relay`'s frame-level relay,
+websockets' sans-I/O protocols driven from asyncio transports.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.http11 import Request, Response
+from websockets.protocol import CONNECTING
+from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
 
 from .capture import RECEIVED, SENT
 from .listen import DEFAULT_PORTS
 from .redact import Redactor
+from .relay import Leg, Session
 from .serving import serve_until_stopped
-from .session import SessionRecorder, now_ns, warn, who_closed
+from .session import SessionRecorder, now_ns
 
 # Headers that belong to one hop of the connection, regenerated on each leg.
 HOP_HEADERS = frozenset(
@@ -72,13 +77,13 @@ def upstream_url(upstream: str, path: str) -> str:
     return urlunsplit((base.scheme, base.netloc, joined, "&".join(kept + app_items), ""))
 
 
-@dataclass
-class _Leg:
-    """What ``process_request`` learned about one client's session."""
+class _AppProtocol(ServerProtocol):
+    """The app's leg: no size limit, no extensions, and the subprotocol the upstream chose."""
 
-    recorder: SessionRecorder
-    upstream: ClientConnection
-    offered: list[str] = field(default_factory=list)
+    chosen: Subprotocol | None = None
+
+    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        return self.chosen
 
 
 class RecordingProxy:
@@ -102,23 +107,48 @@ class RecordingProxy:
         self.redactor = redactor or Redactor()
         self.log = log or (lambda line: print(line, flush=True))
         self.open_timeout = open_timeout
+        self.sessions: set[Session] = set()  # relaying now
+        self._opening: set[asyncio.Task[None]] = set()
+        self._tls: ssl.SSLContext | None = None
 
-    def serve(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> Any:
-        """The websockets server (an async context manager) listening on ``host:port``."""
-        return serve(
-            self._relay,
-            host,
-            port,
-            process_request=self._connect_upstream,
-            process_response=self._forward_response_headers,
-            select_subprotocol=self._select_subprotocol,
-            server_header=None,
-            max_size=None,
-            compression=None,
-        )
+    def serve(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> ProxyServer:
+        """The proxy listening on ``host:port``: an async context manager whose value has
+        ``sockets``; leaving it closes every open session with 1001 (going away)."""
+        return ProxyServer(self, host, port)
 
-    def _recorder(self, request: Request, url: str) -> SessionRecorder:
-        return SessionRecorder.create(
+    # -- the app's handshake --------------------------------------------------------
+
+    def accept(self) -> Leg:
+        """A new app connection: its leg waits for the handshake request."""
+        leg = Leg(_AppProtocol(max_size=None), "client", SENT)
+        leg.on_handshake = self._requested
+        loop = asyncio.get_running_loop()
+        # An app that sends no handshake request in time is dropped, as websockets' server does.
+        timer = loop.call_later(self.open_timeout, _abort_if_silent, leg)
+        leg.on_lost = lambda leg: timer.cancel()
+        return leg
+
+    def _requested(self, app: Leg, request: Any) -> None:
+        if not isinstance(request, Request):  # no valid HTTP request: the protocol ends it
+            return
+        app.hold(True)
+        ws: _AppProtocol = app.ws  # type: ignore[assignment]
+        try:
+            ws.process_request(request)
+        except InvalidHandshake:  # not a WebSocket handshake: refused without a capture
+            ws.send_response(ws.accept(request))
+            app.flush()
+            return
+        task = asyncio.get_running_loop().create_task(self._open(app, request))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _open(self, app: Leg, request: Request) -> None:
+        url = upstream_url(self.upstream, request.path)
+        offered = [p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")]
+        offered = [p for p in offered if p]
+        headers = [(k, v) for k, v in request.headers.raw_items() if k.lower() not in HOP_HEADERS]
+        recorder = SessionRecorder.create(
             self.captures,
             url=url,
             request_headers=request.headers.raw_items(),
@@ -127,45 +157,12 @@ class RecordingProxy:
             audio=self.audio,
             redactor=self.redactor,
         )
-
-    async def _connect_upstream(self, connection: ServerConnection, request: Request) -> Response | None:
-        url = upstream_url(self.upstream, request.path)
-        offered = [p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")]
-        offered = [p for p in offered if p]
-        headers = [(k, v) for k, v in request.headers.raw_items() if k.lower() not in HOP_HEADERS]
-        recorder = self._recorder(request, url)
+        ws: _AppProtocol = app.ws  # type: ignore[assignment]
         try:
-            upstream = await connect(
-                url,
-                additional_headers=headers,
-                subprotocols=offered or None,  # type: ignore[arg-type]
-                user_agent_header=None,
-                max_size=None,
-                compression=None,
-                open_timeout=self.open_timeout,
-            )
+            upstream, response = await self._connect(url, headers, offered)
         except InvalidStatus as e:
-            rejected = e.response
-            recorder.start(
-                now_ns(),
-                status=rejected.status_code,
-                response_headers=rejected.headers.raw_items(),
-                subprotocols=offered,
-            )
-            body = rejected.body.decode(errors="replace").strip()
-            recorder.end(
-                now_ns(),
-                closed_by="server",
-                error=f"upstream rejected the handshake: HTTP {rejected.status_code} {body}",
-            )
-            self.log(f"session {recorder.session_id} rejected by upstream: HTTP {rejected.status_code}")
-            response = connection.respond(rejected.status_code, "")
-            response.reason_phrase = rejected.reason_phrase
-            response.headers = _forwardable(rejected.headers)
-            response.headers["Content-Length"] = str(len(rejected.body))
-            response.headers["Connection"] = "close"
-            response.body = rejected.body
-            return response
+            self._rejected(app, recorder, e.response, offered)
+            return
         except (TimeoutError, OSError, InvalidHandshake, InvalidURI, ValueError) as e:
             # The error may quote the upstream URL (InvalidURI does), credentials and all.
             error = self.redactor.redact_mentions(f"upstream unreachable: {type(e).__name__}: {e}", url)
@@ -173,86 +170,137 @@ class RecordingProxy:
             recorder.start(now_ns(), status=None, subprotocols=offered)
             recorder.end(now_ns(), closed_by="rtcap", error=error)
             self.log(f"session {recorder.session_id} failed: {error}")
-            return connection.respond(502, f"rtcap proxy: {error}\n")
-        connection.rtcap_leg = _Leg(recorder, upstream, offered)  # type: ignore[attr-defined]
-        return None
-
-    @staticmethod
-    def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-        leg: _Leg = connection.rtcap_leg  # type: ignore[attr-defined]
-        return leg.upstream.subprotocol
-
-    @staticmethod
-    def _forward_response_headers(connection: ServerConnection, request: Request, response: Response) -> None:
-        leg: _Leg | None = getattr(connection, "rtcap_leg", None)
-        if leg is None or response.status_code != 101 or leg.upstream.response is None:
+            if not app.lost:
+                ws.send_response(ws.reject(502, f"rtcap proxy: {error}\n"))
+                app.flush()
             return
-        for name, value in _forwardable(leg.upstream.response.headers).raw_items():
-            if name.lower() not in ("date",):
-                response.headers[name] = value
-
-    async def _relay(self, client: ServerConnection) -> None:
-        leg: _Leg = client.rtcap_leg  # type: ignore[attr-defined]
-        upstream, recorder = leg.upstream, leg.recorder
-        upstream_response = upstream.response.headers.raw_items() if upstream.response else ()
+        if app.lost or ws.state is not CONNECTING:
+            upstream.abort()
+            recorder.start(now_ns(), status=None, subprotocols=offered)
+            recorder.end(now_ns(), closed_by="client", code=1006, error="the app left during the handshake")
+            return
+        ws.chosen = upstream.ws.subprotocol
+        accepted = ws.accept(request)
+        for name, value in _forwardable(response.headers).raw_items():
+            if name.lower() != "date":
+                accepted.headers[name] = value
+        ws.send_response(accepted)
+        app.flush()
         recorder.start(
-            now_ns(), response_headers=upstream_response, subprotocol=upstream.subprotocol, subprotocols=leg.offered
+            now_ns(),
+            response_headers=response.headers.raw_items(),
+            subprotocol=upstream.ws.subprotocol,
+            subprotocols=offered,
         )
-        path = client.request.path if client.request else ""
+        path = request.path
         self.log(f"session {recorder.session_id} opened: {self.redactor.redact_mentions(path, path)}")
-        sides = {id(client): "client", id(upstream): "server"}
-        # Each pump is keyed by its source: once a leg closes, the pump reading it drains
-        # what that leg had already delivered before the close is mirrored to the other.
-        pumps = {
-            id(client): asyncio.ensure_future(_pump(client, upstream, SENT, recorder)),
-            id(upstream): asyncio.ensure_future(_pump(upstream, client, RECEIVED, recorder)),
-        }
-        closed_by, code, reason = "rtcap", 1001, "rtcap proxy stopped"
+        session = Session(recorder, app, upstream, log=self.log, on_end=self.sessions.discard)
+        self.sessions.add(session)
+        session.link()
+
+    async def _connect(self, url: str, headers: list[tuple[str, str]], offered: list[str]) -> tuple[Leg, Response]:
+        """The upstream's leg, its handshake done; raises ``InvalidStatus`` when the
+        upstream rejects it, and ``OSError``, ``TimeoutError`` or ``InvalidHandshake``
+        when it cannot be reached or does not speak WebSocket."""
+        uri = parse_uri(url)
+        ws = ClientProtocol(uri, subprotocols=offered or None, max_size=None)  # type: ignore[arg-type]
+        leg = Leg(ws, "server", RECEIVED)
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[Response] = loop.create_future()
+
+        def handshake(leg: Leg, response: Any) -> None:
+            leg.hold(True)  # frames that follow wait until the app's leg is open
+            if not answered.done():
+                answered.set_result(response)
+
+        def lost(leg: Leg) -> None:
+            if not answered.done():
+                answered.set_exception(ConnectionError("the upstream closed the connection during the handshake"))
+
+        leg.on_handshake, leg.on_lost = handshake, lost
+        tls = self._tls_context() if uri.secure else None
         try:
-            done, _ = await asyncio.wait(pumps.values(), return_when=asyncio.FIRST_COMPLETED)
-            closed = next(iter(done)).result()
-            other = upstream if closed is client else client
-            await asyncio.wait([pumps[id(closed)]], timeout=10)
-            closed_by, code, reason = who_closed(closed.protocol, peer=sides[id(closed)], local="rtcap")
-            await _mirror_close(other, code, reason)
-            await asyncio.wait(pumps.values(), timeout=10)
-        finally:
-            for task in pumps.values():
-                task.cancel()
-            if upstream.state.name != "CLOSED" and closed_by == "rtcap":
-                upstream.transport.abort()
-            recorder.end(now_ns(), closed_by=closed_by, code=code, reason=reason)
-            said = f"{code}: {recorder.scrubber.scrub_text(reason)[0]}" if reason else f"{code}"
-            self.log(f"session {recorder.session_id} closed by {closed_by} ({said}), {recorder.seq} messages")
+            async with asyncio.timeout(self.open_timeout):
+                await loop.create_connection(
+                    lambda: leg, uri.host, uri.port, ssl=tls, server_hostname=uri.host if tls else None
+                )
+                request = ws.connect()
+                request.headers.update(headers)
+                ws.send_request(request)
+                leg.flush()
+                response = await answered
+        except BaseException:
+            leg.abort()
+            raise
+        leg.on_lost = None
+        if ws.handshake_exc is not None:
+            leg.abort()
+            raise ws.handshake_exc
+        return leg, response
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    def _rejected(self, app: Leg, recorder: SessionRecorder, rejected: Response, offered: list[str]) -> None:
+        recorder.start(
+            now_ns(), status=rejected.status_code, response_headers=rejected.headers.raw_items(), subprotocols=offered
+        )
+        body = rejected.body.decode(errors="replace").strip()
+        recorder.end(
+            now_ns(), closed_by="server", error=f"upstream rejected the handshake: HTTP {rejected.status_code} {body}"
+        )
+        self.log(f"session {recorder.session_id} rejected by upstream: HTTP {rejected.status_code}")
+        if app.lost:
+            return
+        ws: _AppProtocol = app.ws  # type: ignore[assignment]
+        response = ws.reject(rejected.status_code, "")
+        response.reason_phrase = rejected.reason_phrase
+        response.headers = _forwardable(rejected.headers)
+        response.headers["Content-Length"] = str(len(rejected.body))
+        response.headers["Connection"] = "close"
+        response.body = rejected.body
+        ws.send_response(response)
+        app.flush()
+
+    async def stop(self) -> None:
+        """Close every session with 1001 (going away) and wait until they have ended."""
+        for task in list(self._opening):
+            task.cancel()
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.stop()
+        if sessions:
+            await asyncio.wait([s.ended for s in sessions], timeout=2 * 10 + 1)
 
 
-async def _pump(src: Any, dst: Any, direction: int, recorder: SessionRecorder) -> Any:
-    """Relay ``src`` to ``dst``, recording each message first. Returns the leg that
-    ended the relay: ``src`` when it closed, ``dst`` when it could no longer be written."""
-    try:
-        async for message in src:
-            try:
-                recorder.message(direction, message, now_ns())
-            except Exception as e:  # noqa: BLE001
-                # SessionRecorder keeps any payload; should it fail all the same, the
-                # relay goes on and the recording has a gap, said once.
-                warn(f"session {recorder.session_id}: a message could not be recorded ({type(e).__name__})")
-            try:
-                await dst.send(message)
-            except ConnectionClosed:
-                return dst
-    except ConnectionClosed:
-        pass
-    return src
+class ProxyServer:
+    """A :class:`RecordingProxy` listening: ``async with`` it to serve."""
+
+    def __init__(self, proxy: RecordingProxy, host: str, port: int) -> None:
+        self.proxy, self.host, self.port = proxy, host, port
+        self.server: asyncio.Server | None = None
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        """The listening sockets."""
+        return tuple(self.server.sockets) if self.server is not None else ()
+
+    async def __aenter__(self) -> ProxyServer:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self.proxy.accept, self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.proxy.stop()
 
 
-async def _mirror_close(connection: Any, code: int, reason: str) -> None:
-    """Close ``connection`` the way the other leg was closed."""
-    if code == 1006:
-        connection.transport.abort()
-        return
-    with contextlib.suppress(ConnectionClosed):
-        await connection.close(None if code == 1005 else code, reason)
+def _abort_if_silent(leg: Leg) -> None:
+    if leg.on_handshake is not None:
+        leg.abort()
 
 
 def _forwardable(headers: Headers) -> Headers:

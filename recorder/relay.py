@@ -74,10 +74,14 @@ class Leg(asyncio.Protocol):
         ws.receive_data(data)
         events = ws.events_received()
         self.flush()
-        if self.peer is not None:
+        peer = self.peer
+        if peer is not None:
             relay = self.relay
             for event in events:
                 relay(event)
+            # What one read brought is forwarded in one write: a system call per frame
+            # cost more than the rest of the relay. Each message was recorded already.
+            peer.flush()
             if ws.state is not OPEN:
                 self._closing()
         elif events:
@@ -141,7 +145,8 @@ class Leg(asyncio.Protocol):
         self.peer.forward(opcode, frame.data, frame.fin)  # type: ignore[union-attr]
 
     def forward(self, opcode: Any, data: bytes, fin: bool) -> None:
-        """Send one frame of a message on this leg (dropped once it is closing)."""
+        """Queue one frame of a message on this leg (dropped once it is closing); the
+        next :meth:`flush` writes it."""
         ws = self.ws
         if ws.state is not OPEN:
             return
@@ -151,9 +156,6 @@ class Leg(asyncio.Protocol):
             ws.send_binary(data, fin)
         else:
             ws.send_continuation(data, fin)
-        write = self.transport.write
-        for chunk in ws.data_to_send():
-            write(chunk)
 
     def _record(self, text: bool, message: bytes) -> bool:
         """Hand a complete message to the recorder; False if it must not be forwarded
@@ -178,12 +180,15 @@ class Leg(asyncio.Protocol):
     def flush(self) -> None:
         """Write what the protocol has to send: frames, then maybe the end of the stream."""
         transport = self.transport
-        for chunk in self.ws.data_to_send():
-            if transport is None or transport.is_closing():
-                continue
-            if chunk:
-                transport.write(chunk)
-            elif transport.can_write_eof():
+        chunks = self.ws.data_to_send()
+        if not chunks or transport is None or transport.is_closing():
+            pass
+        elif chunks[-1]:
+            transport.writelines(chunks)
+        else:  # the protocol ends the stream after what it sends
+            if len(chunks) > 1:
+                transport.writelines(chunks[:-1])
+            if transport.can_write_eof():
                 try:
                     transport.write_eof()
                 except (OSError, RuntimeError):  # uvloop may raise RuntimeError
@@ -289,6 +294,7 @@ class Session:
             pending, leg.pending = leg.pending, []
             for event in pending:
                 leg.relay(event)
+            self.app.flush() if leg is self.upstream else self.upstream.flush()
         for leg in (self.app, self.upstream):
             if leg.lost or leg.ws.state is not OPEN:
                 self.closing(leg)

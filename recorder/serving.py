@@ -1,17 +1,20 @@
-"""Running a websockets server until told to stop: from a command (SIGINT/SIGTERM), or in
-a thread of its own (tests, and servers embedded in other programs)."""
+"""Running a server until told to stop: from a command (SIGINT/SIGTERM), or in a thread of
+its own (tests, and servers embedded in other programs)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from .listen import DEFAULT_PORTS as DEFAULT_PORTS
 from .listen import parse_listen as parse_listen
+
+T = TypeVar("T")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -31,7 +34,8 @@ async def serve_until_stopped(
     ready: Callable[[str], None],
     stop: asyncio.Future[None] | None = None,
 ) -> None:
-    """Run ``server`` (a websockets server context) until ``stop`` resolves or SIGINT or
+    """Run ``server`` (an async context manager whose value has ``sockets``: a websockets
+    server, or ``RecordingProxy.serve``'s) until ``stop`` resolves or SIGINT or
     SIGTERM arrives. ``ready`` gets ``first_line(url)`` once it listens: the line a server
     command prints first, with the real port."""
     loop = asyncio.get_running_loop()
@@ -43,6 +47,19 @@ async def serve_until_stopped(
         host, port = next(iter(running.sockets)).getsockname()[:2]
         ready(first_line(ws_url(host, port)))
         await stop
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, on uvloop's event loop when uvloop is installed (the
+    ``uvloop`` extra) unless ``RTCAP_UVLOOP=0``."""
+    if os.environ.get("RTCAP_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
 
 
 class ServerThread:

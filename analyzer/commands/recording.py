@@ -47,10 +47,9 @@ def proxy(
       rtcap proxy --upstream wss://api.openai.com/v1 --label app=kiosk
       # then: AsyncOpenAI(websocket_base_url="ws://127.0.0.1:8765/v1")
     """
-    import asyncio
-
     from recorder.proxy import RecordingProxy, run_proxy
     from recorder.redact import Redactor
+    from recorder.serving import run as run_server
 
     if not upstream.startswith(("ws://", "wss://")):
         raise BadUsage(f"--upstream must be a ws:// or wss:// URL, not {upstream!r}")
@@ -62,7 +61,7 @@ def proxy(
         redactor=Redactor(redact_header, redact_query),
     )
     try:
-        asyncio.run(run_proxy(relay, *listen))
+        run_server(run_proxy(relay, *listen))  # on uvloop when installed
     except OSError as e:
         raise Failure(f"cannot listen on {address(listen)}: {e.strerror or e}") from None
 

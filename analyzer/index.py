@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import errno
 import fcntl
 import hashlib
@@ -32,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -39,7 +39,7 @@ from recorder import events
 from recorder.capture import CaptureError, make_private_dirs
 
 from .locate import capture_files
-from .reading import Job, Read, mark, read_all, started_at
+from .reading import Job, Part, Read, mark, read_all, started_at
 
 INDEX_VERSION = 5
 PART_ROWS = 200_000  # messages per Parquet segment written at once: bounds memory
@@ -161,39 +161,29 @@ def _dialect(header: dict[str, Any]) -> str:
     )
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_DIRECTIONS = pa.array([events.SENT, events.RECEIVED], pa.string())
 
 
-def _tables(read: Read) -> list[pa.Table]:
-    """A capture's new messages as Arrow tables of at most ``PART_ROWS`` rows."""
-    import pyarrow.compute as pc  # only when there is something to read: it is slow to import
-
-    cols = read.columns
-    base_us = (read.started - _EPOCH) // dt.timedelta(microseconds=1) if read.started is not None else 0
-    tables = []
-    for lo in range(0, len(cols.seq), PART_ROWS):
-        hi = lo + PART_ROWS
-        t_ns = pa.array(cols.t_ns[lo:hi], pa.int64())
-        tables.append(
-            pa.table(
-                {
-                    "session_id": pa.array([read.session_id] * len(t_ns), pa.string()).dictionary_encode(),
-                    "seq": pa.array(cols.seq[lo:hi], pa.int64()),
-                    "t_ns": t_ns,
-                    "ts": pc.add(pc.divide(t_ns, 1000), base_us).cast(pa.timestamp("us", tz="UTC")),
-                    "direction": pa.array(
-                        [events.SENT if d == 0 else events.RECEIVED for d in cols.direction[lo:hi]]
-                    ).dictionary_encode(),
-                    "is_text": pa.array(cols.text[lo:hi], pa.bool_()),
-                    "bytes": pa.array(cols.wire_bytes[lo:hi], pa.int64()),
-                    "audio_bytes": pa.array(cols.audio_bytes[lo:hi], pa.int64()),
-                    "audio_ms": pa.array(read.audio_ms[lo:hi], pa.float64()),
-                    "redacted": pa.array(cols.redacted[lo:hi], pa.bool_()),
-                    "payload": pa.array(cols.payload[lo:hi], pa.string()),
-                }
-            )
-        )
-    return tables
+def _table(part: Part) -> pa.Table:
+    """A batch of a capture's new messages as an Arrow table (its arrays taken as they are)."""
+    rows = len(part)
+    return pa.table(
+        {
+            "session_id": pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(rows, np.int32)), pa.array([part.session_id], pa.string())
+            ),
+            "seq": pa.array(part.seq, pa.int64()),
+            "t_ns": pa.array(part.t_ns, pa.int64()),
+            "ts": pa.array(part.ts_us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "direction": pa.DictionaryArray.from_arrays(pa.array(part.direction.astype(np.int32)), _DIRECTIONS),
+            "is_text": pa.array(part.text, pa.bool_()),
+            "bytes": pa.array(part.wire_bytes, pa.int64()),
+            "audio_bytes": pa.array(part.audio_bytes, pa.int64()),
+            "audio_ms": pa.array(part.audio_ms, pa.float64(), from_pandas=True),  # NaN: no audio
+            "redacted": pa.array(part.redacted, pa.bool_()),
+            "payload": pa.array(part.payload, pa.string()),
+        }
+    )
 
 
 class Index:
@@ -252,14 +242,11 @@ class Index:
             done = len(rows)
             # Closed explicitly, so that worker processes end here even when this fails.
             with contextlib.closing(read_all(jobs, lock)) as results:
-                for job, result in zip(jobs, results, strict=True):
+                for job, items in zip(jobs, results, strict=True):
                     path, rel, start, base = job
-                    if isinstance(result, CaptureError):
-                        report.errors.append(str(result))
-                        if rel in old:
-                            rows[rel] = old[rel]
-                    else:
-                        rows[rel] = self._apply(path, rel, old.get(rel), base, result, report)
+                    row = self._fold(path, rel, old.get(rel), base, items, report)
+                    if row is not None:
+                        rows[rel] = row
                     done += 1
                     if progress is not None:
                         progress(done, len(files))
@@ -335,38 +322,78 @@ class Index:
         report.damaged.append(rel)
         return row
 
+    def _fold(
+        self,
+        path: Path,
+        rel: str,
+        old: dict[str, Any] | None,
+        base: dict[str, Any] | None,
+        items: Any,
+        report: UpdateReport,
+    ) -> dict[str, Any] | None:
+        """Fold what was read of a capture (its batches, then its :class:`Read`) into its
+        manifest row, queueing its parts; ``None`` when nothing was read and the row stays
+        as it was (or absent)."""
+        row, messages, last_t_ns, failed = base, 0, None, []
+        for item in items:
+            if isinstance(item, Part):
+                if row is None:
+                    row = self._new_row(rel, path, item.header)
+                try:
+                    table = _table(item)
+                except (pa.ArrowException, ValueError, TypeError, OverflowError) as e:
+                    # The reader hands on valid types only; should a value still not convert,
+                    # these messages are left out and the capture says why.
+                    failed.append(f"{len(item)} messages not indexed: {type(e).__name__}: {e}")
+                    continue
+                self._write_part(row, table)
+                messages += len(item)
+                last_t_ns = int(item.t_ns[-1])
+            elif isinstance(item, CaptureError):
+                report.errors.append(str(item))
+                if row is None or row is base and not messages:
+                    return old  # nothing written: tried again next time
+                # Some of its messages are in the index already: kept, with why the rest are
+                # not, and read again whole next time (nothing says where reading stopped).
+                row["messages"] += messages
+                row.update(size=-1, stop=0, mark=b"", state="damaged")
+                problems = [*(row["problems"] or "").split("\n"), *failed, str(item)]
+                row["problems"] = "\n".join(p for p in dict.fromkeys(problems) if p)
+                report.damaged.append(rel)
+                return row
+            else:
+                return self._apply(path, rel, old, row, base is None, item, messages, last_t_ns, failed, report)
+        raise AssertionError("a capture's items end with its Read or an error")
+
     def _apply(
         self,
         path: Path,
         rel: str,
         old: dict[str, Any] | None,
         row: dict[str, Any] | None,
+        whole: bool,
         read: Read,
+        messages: int,
+        last_t_ns: int | None,
+        failed: list[str],
         report: UpdateReport,
     ) -> dict[str, Any]:
-        """Fold what was read of a capture into its manifest row, and queue its parts."""
+        """Fold what was read of a capture besides its messages (``messages`` of them,
+        already queued) into its manifest row."""
         if row is None:
             row = self._new_row(rel, path, read.header)
+        if whole:
             (report.new if old is None else report.changed).append(rel)
         elif old is not None and read.size == old["size"] and not read.messages and read.end is None:
             report.unchanged.append(rel)
         else:
             report.grown.append(rel)
-        problems = [p for p in (row["problems"] or "").split("\n") if p] + read.problems
-        try:
-            tables = _tables(read)
-        except (pa.ArrowException, ValueError, TypeError, OverflowError) as e:
-            # The reader hands on valid types only; should a value still not convert, this
-            # capture's messages are left out and it says why, and the others are indexed.
-            tables = []
-            problems.append(f"messages not indexed: {type(e).__name__}: {e}")
-        for table in tables:
-            self._write_part(row, table)
-        if tables and read.messages:
-            row["messages"] += read.messages
-            row["last_t_ns"] = _integer(read.last_t_ns)
+        problems = [p for p in (row["problems"] or "").split("\n") if p] + read.problems + failed
+        if messages:
+            row["messages"] += messages
+            row["last_t_ns"] = _integer(last_t_ns)
         row["format_in"], row["format_out"] = read.formats
-        row["format"] = read.columns.version
+        row["format"] = read.version
         row.update(size=read.size, mtime_ns=read.mtime_ns, ino=read.ino, stop=read.stop, mark=read.mark)
         if read.end is not None:
             end = read.end

@@ -36,6 +36,7 @@ stay linear in the file's size whatever it holds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -45,14 +46,14 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import msgpack
 
 from . import records
-from .crc import SliceCRC
+from .crc import SliceCRC, crc32
 from .records import AUDIO_DROPPED, BINARY, MESSAGE, REDACTED, TEXT
 from .records import RECEIVED as RECEIVED
 from .records import SENT as SENT
@@ -240,37 +241,45 @@ def iter_frames(data: bytes | mmap.mmap, start: int = 0) -> Iterator[tuple[int, 
     ``(offset, None, n)`` for each run of ``n`` bytes that had to be skipped (a torn tail
     included). Offsets count from the beginning of ``data``. Time is linear in the size
     of ``data`` (see :data:`WASTE_ALLOWANCE`)."""
+    for offset, body_start, end in _frames(data, start):
+        yield (offset, None, end) if body_start < 0 else (offset, bytes(data[body_start:end]), 0)
+
+
+def _frames(data: bytes | mmap.mmap, start: int) -> Iterator[tuple[int, int, int]]:
+    """The framing of :func:`iter_frames` as offsets, without copying a body: ``(offset,
+    body_start, body_end)`` for an intact frame, ``(offset, -1, skipped)`` for a run of
+    bytes skipped."""
     size = len(data)
     pos = start
-    unpack_from, crc32 = _FRAME.unpack_from, zlib.crc32
+    unpack_from = _FRAME.unpack_from
     # A frame that fails its checksum may still hide intact ones inside it, so the search
     # resumes just past its start: checking overlapping frames one by one could cost the
     # square of the file's size, hence the switch to SliceCRC once that shows.
     wasted, allowance = 0, size - start + WASTE_ALLOWANCE
     sliced: SliceCRC | None = None
-    while pos < size:
-        if size - pos >= FRAME_OVERHEAD:
-            sync, length, crc = unpack_from(data, pos)
-            end = pos + FRAME_OVERHEAD + length
-            if sync == SYNC and length < MAX_RECORD and end <= size:  # else it cannot be intact
-                if sliced is None:
-                    body = data[pos + FRAME_OVERHEAD : end]
-                    intact = crc32(body) == crc
-                    if not intact:
-                        wasted += length
-                        if wasted > allowance:
-                            sliced = SliceCRC(data, pos)
-                else:
-                    intact = sliced.crc(pos + FRAME_OVERHEAD, end) == crc
-                    body = data[pos + FRAME_OVERHEAD : end] if intact else b""
-                if intact:
-                    yield pos, body, 0
-                    pos = end
-                    continue
-        nxt = data.find(SYNC, pos + 1)
-        nxt = size if nxt < 0 else nxt
-        yield pos, None, nxt - pos
-        pos = nxt
+    with memoryview(data) as view:  # slices of a view are not copies
+        while pos < size:
+            if size - pos >= FRAME_OVERHEAD:
+                sync, length, crc = unpack_from(data, pos)
+                end = pos + FRAME_OVERHEAD + length
+                if sync == SYNC and length < MAX_RECORD and end <= size:  # else it cannot be intact
+                    if sliced is None:
+                        with view[pos + FRAME_OVERHEAD : end] as body:
+                            intact = crc32(body) == crc
+                        if not intact:
+                            wasted += length
+                            if wasted > allowance:
+                                sliced = SliceCRC(data, pos)
+                    else:
+                        intact = sliced.crc(pos + FRAME_OVERHEAD, end) == crc
+                    if intact:
+                        yield pos, pos + FRAME_OVERHEAD, end
+                        pos = end
+                        continue
+            nxt = data.find(SYNC, pos + 1)
+            nxt = size if nxt < 0 else nxt
+            yield pos, -1, nxt - pos
+            pos = nxt
 
 
 def _decode_v1(record: Any) -> Any:
@@ -338,10 +347,18 @@ class _Scan:
     problems: list[str] = dataclasses.field(default_factory=list)
 
 
-def _records(data: bytes | mmap.mmap, start: int, locked: bool, scan: _Scan, path: Path) -> Iterator[list[Any]]:
-    """The one reading path: yields each valid message from byte ``start`` on, in the
-    layout :data:`DECODERS` return. Header, end, problems, the version read and the offset
-    to resume from land in ``scan``. Raises only :class:`CaptureError`."""
+RECORD_BATCH = 1024
+"""Message records the reading path hands on at a time: few enough that a batch of audio
+messages stays small, enough that the cost of a hand-over disappears."""
+
+
+def _records(
+    data: bytes | mmap.mmap, start: int, locked: bool, scan: _Scan, path: Path, rows: int = RECORD_BATCH
+) -> Generator[list[list[Any]], None, None]:
+    """The one reading path: yields the valid messages from byte ``start`` on, in batches
+    of ``rows`` (the last one smaller), each in the layout :data:`DECODERS` return. Header,
+    end, problems, the version read and the offset to resume from land in ``scan`` (as of
+    the batch just yielded). Raises only :class:`CaptureError`."""
     problem = _check_version(scan.version, path)
     if problem is not None:
         scan.problems.append(problem)
@@ -350,55 +367,78 @@ def _records(data: bytes | mmap.mmap, start: int, locked: bool, scan: _Scan, pat
     decode = DECODERS[FORMAT_VERSION]
     unpackb, problems, size = msgpack.unpackb, scan.problems, len(data)
     want_header = start == 0  # until a record is accepted: the header must come first
-    overhead = FRAME_OVERHEAD
-    for offset, body, skipped in iter_frames(data, start):
-        if body is None:
-            if locked and offset + skipped == size:
-                break  # a record still being written: not damage, and the next read resumes here
-            problems.append(f"skipped {skipped} unreadable bytes at offset {offset}")
-            scan.stop = offset + skipped
-            continue
-        scan.stop = offset + overhead + len(body)
-        try:
-            record = unpackb(body, raw=False)
-        except Exception:
-            # msgpack raises many kinds of error for bytes that frame correctly but are not
-            # one valid record; all of them mean the same thing here: a corrupt record.
-            record = None
-        is_header = want_header and type(record) is dict and record.get("kind") == "header"
-        if is_header:
-            # The header names the version of every record after it, itself included.
-            problem = _check_version(record.get("format"), path)
-            if problem is None:
-                scan.version = record["format"]
-                migrate = _migration(scan.version)
-            else:
-                problems.append(problem)
-        if migrate is not None:
-            try:
-                record = migrate(record)
-            except Exception:
-                record = None  # migrations see unvalidated records: one they choke on is corrupt
-        record = decode(record)
-        if record is None:
-            problems.append(f"skipped a malformed record at offset {offset}")
-            continue
-        if want_header:
-            want_header = False
-            if is_header:
-                problems.extend(records.check_fields(record, records.HEADER_FIELDS, "header"))
-                scan.header = record
+    batch: list[list[Any]] = []
+    stop = start
+    with memoryview(data) as view:
+        for offset, body_start, end in _frames(data, start):
+            if body_start < 0:
+                if locked and offset + end == size:
+                    break  # a record still being written: not damage, and the next read resumes here
+                problems.append(f"skipped {end} unreadable bytes at offset {offset}")
+                stop = offset + end
                 continue
-            problems.append("no header record")
-        if type(record) is list:
-            yield record
-        elif record.get("kind") == "end" and scan.end is None:
-            problems.extend(records.check_fields(record, records.END_FIELDS, "end"))
-            scan.end = record
-        else:
-            problems.append(f"skipped a malformed record at offset {offset}")
+            stop = end
+            with view[body_start:end] as body:
+                try:
+                    record = unpackb(body, raw=False)
+                except Exception:
+                    # msgpack raises many kinds of error for bytes that frame correctly but
+                    # are not one valid record; all of them mean the same thing here: a
+                    # corrupt record.
+                    record = None
+            if type(record) is list and migrate is None and not want_header:
+                # The hot path: a message of the current version, as the writer makes them.
+                record = decode(record)
+                if record is not None:
+                    batch.append(record)
+                    if len(batch) >= rows:
+                        scan.stop = stop
+                        yield batch
+                        batch = []
+                    continue
+                problems.append(f"skipped a malformed record at offset {offset}")
+                continue
+            is_header = want_header and type(record) is dict and record.get("kind") == "header"
+            if is_header:
+                # The header names the version of every record after it, itself included.
+                problem = _check_version(record.get("format"), path)
+                if problem is None:
+                    scan.version = record["format"]
+                    migrate = _migration(scan.version)
+                else:
+                    problems.append(problem)
+            if migrate is not None:
+                try:
+                    record = migrate(record)
+                except Exception:
+                    record = None  # migrations see unvalidated records: one they choke on is corrupt
+            record = decode(record)
+            if record is None:
+                problems.append(f"skipped a malformed record at offset {offset}")
+                continue
+            if want_header:
+                want_header = False
+                if is_header:
+                    problems.extend(records.check_fields(record, records.HEADER_FIELDS, "header"))
+                    scan.header = record
+                    continue
+                problems.append("no header record")
+            if type(record) is list:
+                batch.append(record)
+                if len(batch) >= rows:
+                    scan.stop = stop
+                    yield batch
+                    batch = []
+            elif record.get("kind") == "end" and scan.end is None:
+                problems.extend(records.check_fields(record, records.END_FIELDS, "end"))
+                scan.end = record
+            else:
+                problems.append(f"skipped a malformed record at offset {offset}")
+    scan.stop = stop
     if want_header and not locked:  # an open file may not have written its header yet
         problems.append("no header record")
+    if batch:
+        yield batch
 
 
 def _message(record: list[Any]) -> Message:
@@ -414,11 +454,13 @@ def parse(
     scan = _Scan(FORMAT_VERSION, 0)
     messages: list[Message] = []
     stopped_early = False
-    for record in _records(data, 0, locked, scan, path):
-        messages.append(_message(record))
-        if max_messages is not None and len(messages) >= max_messages:
-            stopped_early = True
-            break
+    rows = RECORD_BATCH if max_messages is None else max(1, max_messages)
+    with contextlib.closing(_records(data, 0, locked, scan, path, rows)) as batches:
+        for batch in batches:
+            messages.extend(map(_message, batch))
+            if max_messages is not None and len(messages) >= max_messages:
+                stopped_early = True
+                break
     problems = scan.problems
     if scan.end is None and not locked and not stopped_early:
         problems.append("no end record: the recording process stopped before the session ended")
@@ -482,12 +524,13 @@ def read_capture(path: str | os.PathLike[str], max_messages: int | None = None) 
 
 
 # ---------------------------------------------------------------------------
-# Columnar reading, for the index: no object per message, one list per column.
+# Columnar reading, for the index: no object per message, one list per column, a batch
+# of messages at a time.
 
 
 @dataclasses.dataclass
 class Columns:
-    """A capture's records from ``start`` on, column by column.
+    """A capture's records from ``start`` on (or a batch of them), column by column.
 
     ``payload`` is each message's text with every audio string replaced by a short
     placeholder (``None`` for binary messages); ``wire_bytes`` is the message's size as it
@@ -513,6 +556,15 @@ class Columns:
     else the current one. An update resuming at ``stop`` passes it back as ``version``."""
 
 
+COLUMN_ROWS = 65_536
+"""Messages per batch of :func:`stream_columns` (its default)."""
+COLUMN_BYTES = 32 << 20
+"""Text per batch of :func:`stream_columns`: a batch ends once its payloads reach this."""
+RELEASE_BYTES = 64 << 20
+"""How much of a mapped file is read before its pages are handed back, so that the memory
+of reading a capture does not grow with its size."""
+
+
 @functools.lru_cache(maxsize=4096)
 def _placeholder(size: int) -> bytes:
     return f"<audio {size} bytes>".encode()
@@ -523,16 +575,32 @@ def read_columns(path: str | os.PathLike[str], start: int = 0, *, version: int |
     :class:`CaptureError`; damage is listed in ``problems``.
 
     Resuming mid-file (``start > 0``) skips the header, so pass the ``version`` an earlier
-    read reported in :attr:`Columns.version`; the default is the current version."""
+    read reported in :attr:`Columns.version`; the default is the current version. The whole
+    capture is held in memory: the index reads with :func:`stream_columns` instead."""
+    return _joined(stream_columns(path, start, version=version))
+
+
+def stream_columns(
+    path: str | os.PathLike[str], start: int = 0, *, version: int | None = None, rows: int = COLUMN_ROWS
+) -> Iterator[Columns]:
+    """:func:`read_columns` in batches of at most ``rows`` messages (fewer when their text
+    reaches :data:`COLUMN_BYTES`), so that memory holds one batch whatever the capture's
+    size. Every batch carries what is known when it is made; the last one (yielded even
+    when it holds no message) has the end record, every problem and where to resume.
+    Raises only :class:`CaptureError`."""
     path = Path(path)
     try:
         with open_capture(path) as f:
             locked = is_locked(f.fileno())
             size = os.fstat(f.fileno()).st_size
             if size <= start:  # nothing new, and an empty file cannot be mapped
-                return parse_columns(b"", start, path, locked=locked, version=version)
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                return parse_columns(data, start, path, locked=locked, version=version)
+                yield from _column_batches(b"", start, path, locked, version, rows)
+                return
+            with (
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data,
+                contextlib.closing(_column_batches(data, start, path, locked, version, rows)) as batches,
+            ):
+                yield from batches
     except OSError as e:
         raise CaptureError(f"cannot read {path}: {e.strerror or e}") from None
 
@@ -547,35 +615,77 @@ def parse_columns(
 ) -> Columns:
     """Parse a capture held in memory from byte ``start`` on, as columns (see
     :func:`read_columns`). Never raises anything but :class:`CaptureError`."""
+    return _joined(_column_batches(data, start, path, locked, version, COLUMN_ROWS))
+
+
+def _joined(batches: Iterator[Columns]) -> Columns:
+    whole: Columns | None = None
+    for cols in batches:
+        if whole is None:
+            whole = cols
+            continue
+        for name in ("seq", "t_ns", "direction", "text", "payload", "wire_bytes", "audio_bytes", "redacted"):
+            getattr(whole, name).extend(getattr(cols, name))
+        whole.header, whole.end, whole.problems = cols.header, cols.end, cols.problems
+        whole.stop, whole.version = cols.stop, cols.version
+    assert whole is not None  # _column_batches always yields a last batch
+    return whole
+
+
+def _column_batches(
+    data: bytes | mmap.mmap, start: int, path: Path, locked: bool, version: int | None, rows: int
+) -> Generator[Columns, None, None]:
     scan = _Scan(FORMAT_VERSION if version is None else version, start)
-    cols = Columns(None, None, [], [], [], [], [], [], [], [], scan.problems, start, locked, scan.version)
-    seqs, times, directions, texts = cols.seq, cols.t_ns, cols.direction, cols.text
-    payloads, wires, audios, redactions = cols.payload, cols.wire_bytes, cols.audio_bytes, cols.redacted
+
+    def batch() -> Columns:
+        return Columns(scan.header, None, [], [], [], [], [], [], [], [], scan.problems, start, locked, scan.version)
+
+    cols = batch()
+    text_bytes = 0
+    released = 0
+    page = mmap.PAGESIZE
     # The index reads every message of every capture: this loop makes no object per
     # message beyond what msgpack returns and what the columns hold.
-    for _, seq, t_ns, direction, opcode, payload, splices, flags in _records(data, start, locked, scan, path):
-        seqs.append(seq)
-        times.append(t_ns)
-        directions.append(direction)
-        is_text = opcode == TEXT
-        texts.append(is_text)
-        audio = 0
-        wire = len(payload)
-        if splices:
-            parts, position = [], 0
-            for splice in splices:
-                # Stored audio is [offset, bytes]; dropped audio [offset, count, fill].
-                n = len(splice[1]) if type(splice[1]) is bytes else splice[1]
-                parts.append(payload[position : splice[0]])
-                parts.append(_placeholder(n))
-                position = splice[0]
-                audio += n
-                wire += 4 * ((n + 2) // 3)
-            parts.append(payload[position:])
-            payload = b"".join(parts)
-        payloads.append(payload.decode("utf-8", errors="replace") if is_text else None)
-        wires.append(wire)
-        audios.append(audio)
-        redactions.append(bool(flags & REDACTED))
+    with contextlib.closing(_records(data, start, locked, scan, path)) as records_:
+        for records_batch in records_:
+            seqs, times, directions, texts = cols.seq, cols.t_ns, cols.direction, cols.text
+            payloads, wires, audios, redactions = cols.payload, cols.wire_bytes, cols.audio_bytes, cols.redacted
+            for _, seq, t_ns, direction, opcode, payload, splices, flags in records_batch:
+                seqs.append(seq)
+                times.append(t_ns)
+                directions.append(direction)
+                audio = 0
+                wire = len(payload)
+                if splices:
+                    parts, position = [], 0
+                    for splice in splices:
+                        # Stored audio is [offset, bytes]; dropped audio [offset, count, fill].
+                        n = len(splice[1]) if type(splice[1]) is bytes else splice[1]
+                        parts.append(payload[position : splice[0]])
+                        parts.append(_placeholder(n))
+                        position = splice[0]
+                        audio += n
+                        wire += 4 * ((n + 2) // 3)
+                    parts.append(payload[position:])
+                    payload = b"".join(parts)
+                if opcode == TEXT:
+                    texts.append(True)
+                    payloads.append(payload.decode("utf-8", errors="replace"))
+                    text_bytes += len(payload)
+                else:
+                    texts.append(False)
+                    payloads.append(None)
+                wires.append(wire)
+                audios.append(audio)
+                redactions.append(bool(flags & REDACTED))
+            if len(seqs) >= rows or text_bytes >= COLUMN_BYTES:
+                cols.header, cols.stop, cols.version = scan.header, scan.stop, scan.version
+                yield cols
+                cols, text_bytes = batch(), 0
+            if type(data) is mmap.mmap and scan.stop - released >= RELEASE_BYTES:
+                # Read pages go back to the page cache, out of this process's memory.
+                upto = scan.stop // page * page
+                data.madvise(mmap.MADV_DONTNEED, released, upto - released)
+                released = upto
     cols.header, cols.end, cols.stop, cols.version = scan.header, scan.end, scan.stop, scan.version
-    return cols
+    yield cols

@@ -29,17 +29,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 
 from recorder import events as protocol
+from recorder import turns as dialogue
 
+from .db import in_list
 from .stats import Strata, busiest_second, cut_points, fisher_greater, holm, number
 from .views import Captures
 
-__all__ = ["analyse", "fisher_greater", "holm"]
+__all__ = ["DuckDB", "Engine", "analyse", "fisher_greater", "holm"]
 
 SIGNIFICANT = 0.001
 NEAR_IDENTICAL = 0.05  # features whose windows differ in at most 5% of them are merged
@@ -95,15 +98,86 @@ class Window:
         return band, self.previous == "failed"
 
 
-def turns(captures: Captures, failure: str, first_failures_only: bool = False) -> list[Window]:
+WINDOWS = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("session_id", pa.string()),
+        ("start_seq", pa.int64()),
+        ("end_seq", pa.int64()),
+        ("end_t", pa.float64()),
+    ]
+)
+"""The windows as a table: what an :class:`Engine` puts where ``{windows}`` stands in a statement."""
+
+
+class Engine(Protocol):
+    """Where the scan runs. Statements are in DuckDB's dialect over the views, written to
+    translate to others (no ASOF join, no list parameters); ``{windows}`` in one stands
+    for a ``SELECT`` of the table of :data:`WINDOWS` given with it. :class:`DuckDB` runs
+    them on the local index; :class:`analyzer.spark.SparkEngine` on Spark over the
+    published dataset."""
+
+    include_replays: bool
+
+    def sql(self, query: str, windows: pa.Table | None = None) -> pa.Table:
+        """Run one reading statement; its rows as Arrow."""
+        ...
+
+    def apply(
+        self,
+        query: str,
+        key: str,
+        function: Callable[[pa.Table], pa.Table],
+        schema: pa.Schema,
+        windows: pa.Table | None = None,
+    ) -> pa.Table:
+        """``function`` over the rows of ``query``: each call is given whole groups of
+        rows with the same ``key`` (one group, or all of them) and returns rows of
+        ``schema``; the results concatenated."""
+        ...
+
+
+class DuckDB:
+    """The :class:`Engine` of a local capture root: DuckDB on its index, the functions
+    run here over the whole result at once."""
+
+    _WINDOWS = (
+        "SELECT unnest(?::BIGINT[]) AS id, unnest(?::VARCHAR[]) AS session_id, unnest(?::BIGINT[]) AS start_seq, "
+        "unnest(?::BIGINT[]) AS end_seq, unnest(?::DOUBLE[]) AS end_t"
+    )
+
+    def __init__(self, captures: Captures) -> None:
+        self.captures = captures
+        self.include_replays = captures.include_replays
+
+    def sql(self, query: str, windows: pa.Table | None = None) -> pa.Table:
+        """Run one reading statement on the index (the windows passed as lists)."""
+        if windows is None:
+            return self.captures.sql(query)
+        params = [windows.column(name).to_pylist() for name in WINDOWS.names]
+        return self.captures.sql(query.replace("{windows}", self._WINDOWS), params)
+
+    def apply(
+        self,
+        query: str,
+        key: str,
+        function: Callable[[pa.Table], pa.Table],
+        schema: pa.Schema,
+        windows: pa.Table | None = None,
+    ) -> pa.Table:
+        """``function`` over the whole result (``key`` is Spark's to split it by)."""
+        return function(self.sql(query, windows))
+
+
+def turns(engine: Engine, failure: str, first_failures_only: bool = False) -> list[Window]:
     """Every turn with a failure of kind ``failure`` or a completed response, in order."""
-    responses = captures.sql(
+    responses = engine.sql(
         "SELECT session_id, response_id, created_seq, created_t_s, done_seq, done_t_s, status, input_tokens "
         "FROM responses WHERE created_seq IS NOT NULL ORDER BY session_id, created_seq"
     ).to_pylist()
     failed: set[tuple[str, str]] = set()
     loose: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in captures.sql(
+    for row in engine.sql(
         "SELECT session_id, seq, t_s, class, error_type, code, response_id FROM failures WHERE seq IS NOT NULL "
         "OR response_id IS NOT NULL"
     ).to_pylist():
@@ -163,70 +237,123 @@ def turns(captures: Captures, failure: str, first_failures_only: bool = False) -
     return out
 
 
-def _windows_sql(found: list[Window]) -> tuple[str, list[Any]]:
-    """The windows as a table for DuckDB: parallel lists, unnested together."""
-    sql = """
-        SELECT unnest(?::BIGINT[]) AS id, unnest(?::VARCHAR[]) AS session_id, unnest(?::BIGINT[]) AS start_seq,
-               unnest(?::BIGINT[]) AS end_seq, unnest(?::DOUBLE[]) AS end_t
+def _window_events(seconds: float, events: int) -> str:
+    """Each window's events (the client's with their JSON), for :func:`_describe_windows`."""
+    return f"""
+        WITH w AS ({{windows}}), spans AS (
+            -- each window's seqs, so that its events join on equality rather than on a range
+            SELECT session_id, id, end_t, unnest(range(greatest(start_seq, end_seq - {int(events)}), end_seq)) AS seq
+            FROM w
+        )
+        SELECT s.session_id, s.id, s.end_t, e.seq, e.t_s, e.type, e.direction, e.audio_ms,
+               CASE WHEN e.direction = '{protocol.SENT}' THEN CAST(e.payload AS VARCHAR) END AS payload
+        FROM spans s JOIN events e ON e.session_id = s.session_id AND e.seq = s.seq
+        WHERE e.t_s >= s.end_t - CAST('{float(seconds)!r}' AS DOUBLE)
     """
-    columns = [
-        [w.id for w in found],
-        [w.session_id for w in found],
-        [w.start_seq for w in found],
-        [w.end_seq for w in found],
-        [w.end_t for w in found],
+
+
+_ITEMS = f"""
+    WITH w AS ({{windows}}), marks AS (
+        SELECT id, session_id, end_seq AS seq, 0 AS item FROM w
+        UNION ALL
+        SELECT NULL AS id, session_id, seq, 1 AS item FROM events WHERE type IN {in_list(protocol.ITEM_ADDED)}
+    ), counted AS (
+        -- the Nth item added is the conversation's Nth: a running count of them, in seq
+        -- order with each window's end among them, counts the items before the window
+        SELECT id, CAST(sum(item) OVER (PARTITION BY session_id ORDER BY seq, item
+                                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS BIGINT) AS items
+        FROM marks
+    )
+    SELECT id, items FROM counted WHERE id IS NOT NULL
+"""
+"""The conversation's items before each window's end."""
+
+_TURN_EVENTS = f"""
+    SELECT session_id, seq, t_s, direction, type, response_id,
+           CASE WHEN type = '{dialogue.ITEM_CREATE}' THEN CAST(payload AS VARCHAR) END AS payload
+    FROM events WHERE type IN {in_list(dialogue.TURN_EVENTS)}
+    UNION ALL
+    -- of a response's deltas only the first of each type can mark its turn
+    SELECT session_id, min(seq), arg_min(t_s, seq), direction, type, response_id, NULL
+    FROM events WHERE type IN {in_list(dialogue.FIRST_AUDIO + dialogue.FIRST_TEXT)} AND response_id IS NOT NULL
+    GROUP BY session_id, direction, type, response_id
+"""
+"""The events :class:`recorder.turns.TurnTracker` reads, for :func:`_turn_context`."""
+
+_DESCRIBED = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("features", pa.list_(pa.string())),
+        ("field_names", pa.list_(pa.string())),
+        ("field_values", pa.list_(pa.string())),
+        ("gap_since_server_s", pa.float64()),
+        ("audio_chunk_ms", pa.float64()),
+        ("events_per_second", pa.float64()),
     ]
-    return sql, columns
+)
+_CONTEXT = pa.schema(
+    [
+        ("session_id", pa.string()),
+        ("created_seq", pa.int64()),
+        ("commit_to_created_ms", pa.float64()),
+        ("no_user", pa.bool_()),
+        ("previous_first_audio_ms", pa.float64()),
+        ("previous_barge_in", pa.bool_()),
+    ]
+)
 
 
-def describe(captures: Captures, found: list[Window], seconds: float, events: int) -> None:
-    """Give each window its features and measures."""
+def describe(engine: Engine, found: list[Window], seconds: float, events: int) -> None:
+    """Give each window its features and measures: the engine scans the events, the
+    functions of this module turn each window's rows into its features (wherever the
+    engine runs them), and the thresholds and fields of bounded cardinality are chosen
+    here, over all windows."""
     if not found:
         return
-    table, params = _windows_sql(found)
-    rows = captures.sql(
-        f"""
-        WITH w AS ({table})
-        SELECT w.id, e.t_s, e.type, e.direction, e.audio_ms,
-               CASE WHEN e.direction = ? THEN e.payload::VARCHAR END AS payload
-        FROM w JOIN events e
-          ON e.session_id = w.session_id AND e.seq >= greatest(w.start_seq, w.end_seq - ?) AND e.seq < w.end_seq
-         AND e.t_s >= w.end_t - ?
-        ORDER BY w.id, e.seq
-        """,
-        [*params, protocol.SENT, events, seconds],
-    ).to_pylist()
-    context = captures.sql(
-        f"""
-        WITH w AS ({table}), items AS (
-            -- the Nth item added is the conversation's Nth: the last one before a window counts them
-            SELECT session_id, seq, row_number() OVER (PARTITION BY session_id ORDER BY seq) AS items
-            FROM events WHERE list_contains(?::VARCHAR[], type)
-        )
-        SELECT w.id, coalesce(i.items, 0) AS items
-        FROM w ASOF LEFT JOIN items i ON i.session_id = w.session_id AND w.end_seq > i.seq
-        ORDER BY w.id
-        """,
-        [*params, list(protocol.ITEM_ADDED)],
-    ).to_pylist()
-    for window, row in zip(found, context, strict=True):
+    windows = pa.Table.from_pylist(
+        [
+            {"id": w.id, "session_id": w.session_id, "start_seq": w.start_seq, "end_seq": w.end_seq, "end_t": w.end_t}
+            for w in found
+        ],
+        schema=WINDOWS,
+    )
+    described = engine.apply(_window_events(seconds, events), "session_id", _describe_windows, _DESCRIBED, windows)
+    items = {row["id"]: row["items"] for row in engine.sql(_ITEMS, windows).to_pylist()}
+    context = {
+        (row["session_id"], row["created_seq"]): row
+        for row in engine.apply(_TURN_EVENTS, "session_id", _turn_context, _CONTEXT).to_pylist()
+    }
+    for window in found:
         measures = window.measures
         measures["turn_index"] = window.turn
         measures["session_age_s"] = window.end_t
-        measures["conversation_items"] = row["items"]
+        measures["conversation_items"] = items[window.id]
         if window.previous_tokens is not None:
             measures["input_tokens"] = window.previous_tokens
         if window.previous_done_t is not None:  # a server message in the window overrides it below
             measures["gap_since_server_s"] = window.end_t - window.previous_done_t
         if window.previous == "failed":
             window.features.add(PREVIOUS_FAILED)
-    _turn_context(captures, found)
-    by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        by_window[row["id"]].append(row)
+        turn = context.get((window.session_id, window.end_seq))  # none for a failure outside any response
+        if turn is not None:
+            if turn["commit_to_created_ms"] is not None:
+                measures["commit_to_created_ms"] = turn["commit_to_created_ms"]
+            if turn["no_user"]:
+                window.features.add(NO_USER_TURN)
+            if turn["previous_first_audio_ms"] is not None:
+                measures["previous_first_audio_ms"] = turn["previous_first_audio_ms"]
+            if turn["previous_barge_in"]:
+                window.features.add(PREVIOUS_BARGE_IN)
     fields: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    rows = {row["id"]: row for row in described.to_pylist()}
     for window in found:
-        _window_features(window, by_window.get(window.id, []), fields)
+        row = rows.get(window.id) or _window_row(window.id, [], window.end_t)  # a window with no events
+        window.features.update(row["features"])
+        for name, value in zip(row["field_names"], row["field_values"], strict=True):
+            fields[name][value].add(window.id)
+        for measure in ("gap_since_server_s", "audio_chunk_ms", "events_per_second"):
+            if row[measure] is not None:
+                window.measures[measure] = row[measure]
     for name, values in fields.items():
         if len(values) <= MAX_FIELD_VALUES:
             for value, ids in values.items():
@@ -241,75 +368,104 @@ def describe(captures: Captures, found: list[Window], seconds: float, events: in
                     window.features.add(name)
 
 
-def _turn_context(captures: Captures, found: list[Window]) -> None:
-    """Measures and features from the ``turns`` view, for the windows that end at a
-    response's ``response.created``: see the module's docstring."""
-    by_created: dict[tuple[str, int], dict[str, Any]] = {}
-    previous: dict[tuple[str, int], dict[str, Any]] = {}
-    last: dict[str, dict[str, Any]] = {}
-    for row in captures.sql(
-        "SELECT session_id, response_created_seq AS created, commit_to_created_ms, created_to_first_audio_ms, "
-        "barge_in, speech_started_seq IS NULL AND committed_seq IS NULL AS no_user "
-        "FROM turns WHERE response_created_seq IS NOT NULL ORDER BY session_id, response_created_seq"
-    ).to_pylist():
-        key = (row["session_id"], row["created"])
-        by_created[key] = row
-        if row["session_id"] in last:
-            previous[key] = last[row["session_id"]]
-        last[row["session_id"]] = row
-    for window in found:
-        key = (window.session_id, window.end_seq)
-        turn = by_created.get(key)
-        if turn is None:
-            continue  # a failure outside any response
-        if turn["commit_to_created_ms"] is not None:
-            window.measures["commit_to_created_ms"] = turn["commit_to_created_ms"]
-        if turn["no_user"]:
-            window.features.add(NO_USER_TURN)
-        before = previous.get(key)
-        if before is not None:
-            if before["created_to_first_audio_ms"] is not None:
-                window.measures["previous_first_audio_ms"] = before["created_to_first_audio_ms"]
-            if before["barge_in"]:
-                window.features.add(PREVIOUS_BARGE_IN)
+def _describe_windows(rows: pa.Table) -> pa.Table:
+    """The features of the windows whose events (rows of :func:`_window_events`) are
+    given, a row each: what an engine runs, here or on Spark's executors."""
+    by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows.to_pylist():
+        by_window[row["id"]].append(row)
+    return pa.Table.from_pylist(
+        [
+            _window_row(window_id, sorted(events, key=lambda e: e["seq"]), events[0]["end_t"])
+            for window_id, events in sorted(by_window.items())
+        ],
+        schema=_DESCRIBED,
+    )
 
 
-def _window_features(window: Window, rows: list[dict[str, Any]], fields: dict[str, dict[str, set[int]]]) -> None:
+def _window_row(window_id: int, rows: list[dict[str, Any]], end_t: float) -> dict[str, Any]:
+    """One window's features from its events in order: event types, pairs of adjacent
+    types (delta runs collapsed), the scalar fields of client events, and the measures
+    of the window itself."""
+    features: set[str] = set()
+    fields: set[tuple[str, str]] = set()
     client_times: list[float] = []
     last_server_t: float | None = None
     largest_chunk: float | None = None
     kinds: list[tuple[int, str | None]] = []
     for row in rows:
         name = row["type"] or "(non-json)"
-        window.features.add(name)
+        features.add(name)
         kinds.append((len(kinds), name))
         if row["direction"] == protocol.SENT:
             client_times.append(row["t_s"])
             if row["audio_ms"] is not None:
                 largest_chunk = max(largest_chunk or 0.0, row["audio_ms"])
             if row["payload"]:
-                _fields(window.id, name, row["payload"], fields)
+                fields.update(_fields(name, row["payload"]))
         else:
             last_server_t = row["t_s"]
-    if last_server_t is not None:
-        window.measures["gap_since_server_s"] = window.end_t - last_server_t
     names = [str(name) for _, name in protocol.collapse(kinds)]
     for first, second in zip(names, names[1:], strict=False):
-        window.features.add(f"{first} -> {second}")
-    if largest_chunk is not None:  # no audio in the window: the measure is missing, not zero
-        window.measures["audio_chunk_ms"] = largest_chunk
-    window.measures["events_per_second"] = busiest_second(client_times)
+        features.add(f"{first} -> {second}")
+    ordered = sorted(fields)
+    return {
+        "id": window_id,
+        "features": sorted(features),
+        "field_names": [name for name, _ in ordered],
+        "field_values": [value for _, value in ordered],
+        "gap_since_server_s": None if last_server_t is None else end_t - last_server_t,
+        "audio_chunk_ms": largest_chunk,  # no audio in the window: the measure is missing, not zero
+        "events_per_second": float(busiest_second(client_times)),
+    }
 
 
-def _fields(window_id: int, kind: str, payload: str, fields: dict[str, dict[str, set[int]]]) -> None:
-    """Record the scalar leaves of a client event's JSON (``type:path``) for this window."""
+def _turn_context(rows: pa.Table) -> pa.Table:
+    """What the turns tell of the responses created in the sessions whose turn events
+    (rows of :data:`_TURN_EVENTS`) are given, by :class:`recorder.turns.TurnTracker` as
+    the ``turns`` view has it: the turn's commit-to-created latency, whether it had no
+    user turn, and the previous turn's latency to first audio and barge-in."""
+    by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows.to_pylist():
+        by_session[row["session_id"]].append(row)
+    out: list[dict[str, Any]] = []
+    for session_id, events in sorted(by_session.items()):
+        tracker = dialogue.TurnTracker()
+        for event in sorted(events, key=lambda e: e["seq"]):
+            role = protocol.dig(protocol.parse(event["payload"]), dialogue.ITEM_ROLE_PATH) if event["payload"] else None
+            # The index keeps t_ns; t_s = t_ns / 1e9 gives it back exactly for any session under days.
+            t_ns = round(event["t_s"] * 1e9)
+            tracker.add(event["seq"], t_ns, event["direction"], event["type"], event["response_id"], role)
+        answered = sorted((t for t in tracker.turns if "response_created" in t.marks), key=_created_seq)
+        previous: dict[str, Any] = {}  # the latencies and barge-in of the turn answered before
+        for turn in answered:
+            latencies = turn.latencies()
+            out.append(
+                {
+                    "session_id": session_id,
+                    "created_seq": _created_seq(turn),
+                    "commit_to_created_ms": latencies["commit_to_created_ms"],
+                    "no_user": "speech_started" not in turn.marks and "committed" not in turn.marks,
+                    "previous_first_audio_ms": previous.get("created_to_first_audio_ms"),
+                    "previous_barge_in": previous.get("barge_in"),
+                }
+            )
+            previous = {**latencies, "barge_in": turn.barge_in}
+    return pa.Table.from_pylist(out, schema=_CONTEXT)
+
+
+def _created_seq(turn: dialogue.Turn) -> int:
+    return turn.marks["response_created"][0]
+
+
+def _fields(kind: str, payload: str) -> Iterable[tuple[str, str]]:
+    """The scalar leaves of a client event's JSON, as (``type:path``, value)."""
     event = protocol.parse(payload)
     if event is None:
         return
     for path, value in _leaves(event, ""):
-        if path == "type":
-            continue
-        fields[f"{kind}:{path}"][value].add(window_id)
+        if path != "type":
+            yield f"{kind}:{path}", value
 
 
 def _leaves(value: Any, prefix: str) -> Iterable[tuple[str, str]]:
@@ -399,16 +555,18 @@ def position(found: list[Window], members: dict[str, set[int]]) -> dict[str, Any
 
 
 def analyse(
-    captures: Captures,
+    captures: Captures | Engine,
     *,
     failure: str = protocol.DEFAULT_FAILURE,
     window_seconds: float = 10,
     window_events: int = 50,
     first_failures_only: bool = False,
 ) -> dict[str, Any]:
-    """The precursor document SPEC describes (see ``rtcap precursors --help``)."""
-    found = turns(captures, failure, first_failures_only)
-    describe(captures, found, window_seconds, window_events)
+    """The precursor document SPEC describes (see ``rtcap precursors --help``), over a
+    capture root's views (DuckDB) or another :class:`Engine`'s."""
+    engine = DuckDB(captures) if isinstance(captures, Captures) else captures
+    found = turns(engine, failure, first_failures_only)
+    describe(engine, found, window_seconds, window_events)
     n_fail = sum(w.failed for w in found)
     n_ctrl = len(found) - n_fail
     members: dict[str, set[int]] = defaultdict(set)
@@ -448,7 +606,7 @@ def analyse(
         "seconds": window_seconds,
         "events": window_events,
         "failure": failure,
-        "include_replays": captures.include_replays,
+        "include_replays": engine.include_replays,
         "first_failures_only": first_failures_only,
     }
     clusters = clustering(found)

@@ -58,7 +58,7 @@ class Leg(asyncio.Protocol):
         self.lost = False
         self._fragments: list[bytes] = []
         self._text = False
-        self._paused = False  # reading paused because the peer's writes are backed up
+        self.paused = False  # reading paused because the peer's writes are backed up
         self._held = False  # reading paused by the handshake
         self._timers: list[asyncio.TimerHandle] = []
         self._close_timer: asyncio.TimerHandle | None = None
@@ -219,7 +219,7 @@ class Leg(asyncio.Protocol):
             self.transport.abort()
 
     def _pause(self, paused: bool) -> None:
-        self._paused = paused
+        self.paused = paused
         self._reading()
 
     def hold(self, held: bool) -> None:
@@ -231,7 +231,7 @@ class Leg(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.lost or transport.is_closing():
             return
-        if self._paused or self._held:
+        if self.paused or self._held:
             transport.pause_reading()
         else:
             transport.resume_reading()

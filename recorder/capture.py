@@ -45,7 +45,6 @@ import mmap
 import os
 import stat
 import struct
-import zlib
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -94,7 +93,7 @@ class CaptureError(Exception):
 
 def frame(body: bytes) -> bytes:
     """Wrap one msgpack body in its frame."""
-    return _FRAME.pack(SYNC, len(body), zlib.crc32(body)) + body
+    return _FRAME.pack(SYNC, len(body), crc32(body)) + body
 
 
 def header_record(fields: dict[str, Any]) -> bytes:
@@ -134,6 +133,9 @@ class CaptureWriter:
         make_private_dirs(path.parent)
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # One packer for the file's message records: its scratch buffer is emptied after
+        # every record (nothing is held across messages), and not made afresh for each.
+        self._packer = msgpack.Packer(autoreset=False)
 
     def write(self, data: bytes) -> None:
         """Append one framed record; raises ``OSError`` if it was not written whole."""
@@ -142,6 +144,31 @@ class CaptureWriter:
         written = os.write(self._fd, data)
         if written != len(data):
             raise OSError(errno.ENOSPC, f"short write to {self.path} ({written} of {len(data)} bytes)")
+
+    def write_message(
+        self,
+        seq: int,
+        t_ns: int,
+        direction: int,
+        opcode: int,
+        payload: bytes,
+        splices: list[list[Any]] | None,
+        flags: int,
+    ) -> None:
+        """Append one message record, the bytes ``write(message_record(...))`` writes, in
+        one ``writev`` call (frame header and body, without joining them first)."""
+        if self._fd is None:
+            raise OSError(errno.EBADF, "capture file is closed")
+        packer = self._packer
+        try:
+            packer.pack([MESSAGE, seq, t_ns, direction, opcode, payload, splices, flags])
+            with packer.getbuffer() as body:
+                size = len(body)
+                written = os.writev(self._fd, (_FRAME.pack(SYNC, size, crc32(body)), body))
+        finally:
+            packer.reset()
+        if written != FRAME_OVERHEAD + size:
+            raise OSError(errno.ENOSPC, f"short write to {self.path} ({written} of {FRAME_OVERHEAD + size} bytes)")
 
     def close(self) -> None:
         """Close the file, which releases its lock."""

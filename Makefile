@@ -78,6 +78,7 @@ $(MITM_VENV)/bin/mitmdump:
 
 bench: $(VENV)/.installed-bench $(MITM_VENV)/bin/mitmdump $(VENV)/aiohttp-newest/.installed
 	$(BIN)/python bench/proxy_bench.py
+	$(BIN)/python bench/soak_bench.py
 	$(BIN)/python bench/shim_bench.py
 	$(BIN)/python bench/index_bench.py
 	$(BIN)/python bench/precursors_bench.py

@@ -32,7 +32,7 @@ from recorder import events
 from recorder.capture import CaptureError, read_capture
 
 from .lint import lint
-from .views import Captures
+from .views import Captures, batched
 
 MAX_APPEND_BYTES = 15 * 1024 * 1024
 ADVICE = {
@@ -77,6 +77,7 @@ _PAYLOAD_TYPES = ("rate_limits.updated", events.ERROR)
 COLUMNS = ("session_id", "check", "status", "evidence", "advice")
 
 
+@batched
 def diagnose(captures: Captures, session_id: str | None = None) -> pa.Table:
     """Checklist rows for one session, or for every session of the views when
     ``session_id`` is None: ``session_id, check, status (pass|warn|fail), evidence, advice``."""

@@ -12,7 +12,7 @@ from recorder import events
 from recorder.capture import Capture
 
 from .timeline import ending, timeline
-from .views import Captures
+from .views import Captures, batched
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -91,6 +91,7 @@ def session_filter(
     return where, params
 
 
+@batched
 def session_timeline(captures: Captures, session_id: str, around: int | None = None, context: int = 20) -> pa.Table:
     """``rtcap show``: a session's timeline (runs of deltas collapsed, failures marked, and
     a last line for how it ended), or only the lines within ``context`` of seq ``around``.
@@ -130,6 +131,7 @@ def session_timeline(captures: Captures, session_id: str, around: int | None = N
     )
 
 
+@batched
 def chain_timeline(captures: Captures, session_id: str) -> pa.Table:
     """``rtcap show --chain``: the timelines of every session of ``session_id``'s chain (the
     ``sessions`` view's ``chain_id``: one conversation across reconnects), in order, as one:

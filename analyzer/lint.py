@@ -26,7 +26,7 @@ from typing import Any
 
 from recorder import events, turns
 
-from .views import Captures
+from .views import Captures, batched
 
 STUCK_S = 30.0
 """How long a response may go without ``response.done`` before the client should act."""
@@ -70,6 +70,7 @@ _PASS = {
 }
 
 
+@batched
 def lint(captures: Captures, chosen: str, params: list[Any]) -> dict[str, list[dict[str, str]]]:
     """The linter's rows for each session of ``chosen`` (a SQL query of session ids with
     its ``params``), by session id, in :data:`CHECKS` order."""

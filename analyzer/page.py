@@ -30,7 +30,7 @@ from .doctor import diagnose
 from .explore import session_timeline
 from .render import private_file
 from .render import rows as plain_rows
-from .views import Captures
+from .views import Captures, batched
 
 PEAKS = 4000
 """Peaks per side in a page: one per pixel of a wide screen with the whole session in view."""
@@ -91,6 +91,7 @@ def peaks(
     return np.round(out, 3).tolist(), [[round(v, 6) for v in s] for s in segments]
 
 
+@batched
 def page_data(
     captures: Captures, capture: Capture, *, audio: str | None = "embed", focus: int | None = None
 ) -> dict[str, Any]:
@@ -208,6 +209,7 @@ def render(data: dict[str, Any], *, nav: str = "") -> str:
     )
 
 
+@batched
 def focus_seq(captures: Captures, session_id: str) -> int | None:
     """Where a page opens: the session's first server or connection failure (its message,
     or the last message when the failure is the connection's end), else nothing."""
@@ -224,6 +226,7 @@ def focus_seq(captures: Captures, session_id: str) -> int | None:
     return last["seq"]
 
 
+@batched
 def write_page(
     captures: Captures, capture: Capture, path: Path, *, audio: bool = True, at_failure: bool = False
 ) -> int:

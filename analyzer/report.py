@@ -24,11 +24,12 @@ from .export import export_rows
 from .page import focus_seq, page_data, render
 from .render import private_file
 from .render import rows as plain_rows
-from .views import Captures
+from .views import Captures, batched
 
 AROUND = 20
 
 
+@batched
 def build(captures: Captures, capture: Capture, output: Path) -> dict[str, Any]:
     """Write the bundle for ``capture`` to ``output``; returns what it says."""
     path = capture.path

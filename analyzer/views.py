@@ -9,10 +9,13 @@ Queries return ``pyarrow.Table``; only reading statements are accepted.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -21,6 +24,9 @@ from recorder import events, turns
 
 from .db import connect, in_list, json_path, lock
 from .index import Index, UpdateReport
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 READING = {"SELECT", "EXPLAIN"}
 REPLAY_RECORDERS = ("simulator", "serve", "replay")
@@ -208,14 +214,16 @@ LEFT JOIN counts k USING (session_id)
 LEFT JOIN fails f USING (session_id);
 
 CREATE TEMP VIEW sessions AS
-WITH apps AS (
+WITH base AS MATERIALIZED (  -- computed once, for the chains and for the rows
+    SELECT * FROM _sessions
+), apps AS (
     SELECT session_id, started_at, ended_at,
            labels['{CONVERSATION_LABEL}'] AS conversation,
            -- the same app: labels, host, URL path, model (the query string aside)
            CASE WHEN labels['{CONVERSATION_LABEL}'] IS NULL THEN
                concat_ws(' ', CAST(map_entries(labels) AS VARCHAR), host,
                          regexp_extract(url, '^[a-z]+://[^/?#]*([^?#]*)', 1), model) END AS app
-    FROM _sessions
+    FROM base
 ), ordered AS (
     SELECT *, lag(ended_at) OVER (PARTITION BY app ORDER BY started_at, session_id) AS previous_end FROM apps
 ), starts AS (
@@ -235,7 +243,7 @@ WITH apps AS (
            END AS chain_id
     FROM numbered
 )
-SELECT s.*, c.chain_id FROM _sessions s LEFT JOIN chains c USING (session_id);
+SELECT s.*, c.chain_id FROM base s LEFT JOIN chains c USING (session_id);
 
 CREATE TEMP VIEW turns AS
 SELECT t.session_id, t.turn, t.response_id,
@@ -256,6 +264,10 @@ class Captures:
     environment, no network; it cannot write, install or load anything, or change a
     setting; and whatever it changes on its connection (a view replaced, say) is gone
     before the next statement runs.
+
+    rtcap's own analyses (doctor, the report, the page) run many statements of their own
+    in a row; inside :meth:`batch` those share one connection while the index stays as it
+    was, which saves setting the views up again for each.
     """
 
     def __init__(
@@ -271,17 +283,60 @@ class Captures:
         """Whether the views hold the sessions rtcap made itself (replay, serve, simulator);
         without it they are left out of every view."""
         self.report = self.index.update(progress) if update else UpdateReport()
+        self._batch = threading.local()
 
-    def _connect(self, query: str = "") -> duckdb.DuckDBPyConnection:
-        """A sandboxed connection with the views over the index as it is now (call it
-        with the index's read lock held, so the files it names stay until the query ends).
-        The turns are found only for a ``query`` that names them (they take a pass over
-        the index's turn events); other queries see the view empty."""
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run this thread's statements inside on one connection, made again only when the
+        index changes (or a statement first needs the turns). For rtcap's own statements:
+        a user's SQL runs outside a batch, on a connection of its own."""
+        batch = self._batch
+        if getattr(batch, "depth", 0):
+            batch.depth += 1
+            try:
+                yield
+            finally:
+                batch.depth -= 1
+            return
+        batch.depth, batch.shared = 1, None
+        try:
+            yield
+        finally:
+            if batch.shared is not None:
+                batch.shared[-1].close()
+            batch.depth, batch.shared = 0, None
+
+    @contextlib.contextmanager
+    def _connection(self, query: str, own: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection ``query`` runs on: its ``own``, or the batch's when there is one
+        (call it with the index's read lock held, so the files it names stay until the
+        query ends)."""
+        manifest, segments = self.index.snapshot()
+        turns_named = "turns" in query.lower()
+        batch = self._batch
+        if own or not getattr(batch, "depth", 0):
+            con = self._connect(manifest, segments, turns_named)
+            try:
+                yield con
+            finally:
+                con.close()
+            return
+        shared = batch.shared
+        if shared is None or shared[0] is not manifest or shared[1] != segments or (turns_named and not shared[2]):
+            if shared is not None:
+                batch.shared = None
+                shared[-1].close()
+            batch.shared = (manifest, segments, turns_named, self._connect(manifest, segments, turns_named))
+        yield batch.shared[-1]
+
+    def _connect(self, manifest: pa.Table, segments: list[Path], turns_named: bool) -> duckdb.DuckDBPyConnection:
+        """A sandboxed connection with the views over the index's ``manifest`` and
+        ``segments``. The turns are found only when ``turns_named`` (they take a pass over
+        the index's turn events); otherwise the view is empty."""
         import pyarrow.dataset as ds
 
         con = connect()
         try:
-            manifest, segments = self.index.snapshot()
             parts = [str(p) for p in segments]
             if parts:
                 con.register("_all_events", ds.dataset(parts, format="parquet"))
@@ -294,8 +349,7 @@ class Captures:
                 "CREATE TEMP VIEW _events AS SELECT * FROM _all_events"
                 + ("" if self.include_replays else " WHERE session_id IN (SELECT session_id FROM _manifest)")
             )
-            named = "turns" in query.lower()
-            con.register("_turns", _turns(con) if named else _TURNS_SCHEMA.empty_table())
+            con.register("_turns", _turns(con) if turns_named else _TURNS_SCHEMA.empty_table())
             con.execute(_VIEWS)
             lock(con)
         except BaseException:
@@ -305,30 +359,23 @@ class Captures:
 
     def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
         """Run one reading statement; returns its rows as an Arrow table."""
-        with self.index.reading():
-            con = self._connect(query)
+        with self.index.reading(), self._connection(query) as con:
+            _reading(con, query)
             try:
-                _reading(con, query)
-                try:
-                    return con.sql(query, params=params).to_arrow_table()
-                except duckdb.Error as e:
-                    raise QueryError(_one_line(e)) from None
-            finally:
-                con.close()
+                return con.sql(query, params=params).to_arrow_table()
+            except duckdb.Error as e:
+                raise QueryError(_one_line(e)) from None
 
     def stream(self, query: str, params: list[Any] | None = None, rows: int = 100_000) -> Iterator[pa.RecordBatch]:
         """Run one reading statement and yield its rows ``rows`` at a time, so that memory
         holds a batch, not the result (publishing the index to a store reads it so)."""
-        with self.index.reading():
-            con = self._connect(query)
+        # Its own connection even in a batch: the next statement would end the stream.
+        with self.index.reading(), self._connection(query, own=True) as con:
+            _reading(con, query)
             try:
-                _reading(con, query)
-                try:
-                    yield from con.sql(query, params=params).to_arrow_reader(rows)
-                except duckdb.Error as e:
-                    raise QueryError(_one_line(e)) from None
-            finally:
-                con.close()
+                yield from con.sql(query, params=params).to_arrow_reader(rows)
+            except duckdb.Error as e:
+                raise QueryError(_one_line(e)) from None
 
     def close(self) -> None:
         """Nothing stays open between statements; kept for callers that close."""
@@ -350,6 +397,18 @@ def _reading(con: duckdb.DuckDBPyConnection, query: str) -> None:
 
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
+
+
+def batched(function: Callable[Concatenate[Captures, P], R]) -> Callable[Concatenate[Captures, P], R]:
+    """Run an analysis of rtcap's own (its first argument the captures) in one
+    :meth:`Captures.batch`."""
+
+    @functools.wraps(function)
+    def run(captures: Captures, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with captures.batch():
+            return function(captures, *args, **kwargs)
+
+    return run
 
 
 def open_captures(root: str | os.PathLike[str] = "captures", **options: Any) -> Captures:

@@ -199,3 +199,26 @@ def test_server_vad_turns_equal_the_simulators_timing(tmp_path: Path) -> None:
             want = (created - speech[turns.COMMITTED]) * 1e3
             assert row["commit_to_created_ms"] == pytest.approx(want, abs=2 * NS)
             assert row["response_create_seq"] is None  # the server answered the turn by itself
+
+
+def test_a_batch_answers_as_single_statements_do(corpus: tuple[Path, list[Connection]], tmp_path: Path) -> None:
+    """Statements in one batch share a connection; they must see what lone statements
+    see: the turns when a later statement first names them, and a grown index."""
+    root, _ = corpus
+    copy = tmp_path / "captures"
+    [first, *rest] = sorted(root.rglob("*.msgpack"))
+    (copy / first.parent.name).mkdir(parents=True)
+    (copy / first.parent.name / first.name).write_bytes(first.read_bytes())
+    captures = open_captures(copy)
+    questions = ["SELECT count(*) AS n FROM sessions", "SELECT count(*) AS n FROM turns"]
+    alone = [captures.sql(q).to_pylist() for q in questions]
+    with captures.batch():
+        assert [captures.sql(q).to_pylist() for q in questions] == alone
+        assert alone[1][0]["n"] > 0
+        added = rest[0]
+        (copy / added.parent.name).mkdir(exist_ok=True)
+        (copy / added.parent.name / added.name).write_bytes(added.read_bytes())
+        captures.index.update()
+        grown = [captures.sql(q).to_pylist() for q in questions]
+    assert grown == [captures.sql(q).to_pylist() for q in questions]
+    assert grown[0] == [{"n": 2}] and grown[1][0]["n"] > alone[1][0]["n"]

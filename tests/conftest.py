@@ -27,6 +27,32 @@ PROXY_VARS = (
 )
 REALTIME = "/v1/realtime?model=gpt-realtime"
 
+# The files that take longest (a JVM, browsers, an S3 server, corpora, many CLI runs), slowest
+# first. xdist hands whole files to its two workers in collection order (the Makefile turns
+# its reordering by test count off), so a long file handed out last would leave one worker
+# idle while the other finishes it.
+SLOWEST_FIRST = (
+    "test_precursors.py",
+    "test_spark.py",
+    "test_store.py",
+    "test_ui.py",
+    "test_paths.py",
+    "test_files.py",
+    "test_doctor.py",
+    "test_lint.py",
+    "test_stacks.py",
+    "test_sandbox.py",
+    "test_chains.py",
+    "test_interrupts.py",
+    "test_damage.py",
+    "test_page.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole, in order
+
 
 @pytest.fixture(autouse=True)
 def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:

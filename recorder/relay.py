@@ -32,9 +32,12 @@ from .session import SessionRecorder, now_ns, warn, who_closed
 
 CLOSE_TIMEOUT = 10.0  # seconds a leg may take to finish its closing handshake
 PING_INTERVAL = 20.0  # seconds between keepalive pings, and how long a pong may take
+# Bytes read at a time, into a buffer each leg keeps: no allocation per read, and reads
+# small enough that what one read brought reaches the other side while the next comes.
+READ_SIZE = 64 * 1024
 
 
-class Leg(asyncio.Protocol):
+class Leg(asyncio.BufferedProtocol):
     """One connection of a relayed session: its transport feeds the sans-I/O protocol ``ws``.
 
     ``side`` is who is at the far end (``"client"``: the app, ``"server"``: the upstream)
@@ -63,15 +66,25 @@ class Leg(asyncio.Protocol):
         self._timers: list[asyncio.TimerHandle] = []
         self._close_timer: asyncio.TimerHandle | None = None
         self._ping: bytes | None = None
+        self._buffer = memoryview(bytearray(READ_SIZE))
 
-    # -- asyncio.Protocol callbacks -------------------------------------------------
+    # -- asyncio.BufferedProtocol callbacks -----------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Bytes from the network: into the protocol, its frames relayed (or kept until
+        the session is linked)."""
         ws = self.ws
-        ws.receive_data(data)
+        # websockets' reader appends what it gets to a bytearray, which takes any buffer.
+        ws.receive_data(data)  # type: ignore[arg-type]
         events = ws.events_received()
         self.flush()
         peer = self.peer

@@ -25,7 +25,13 @@ from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
-from websockets.uri import parse_uri
+from websockets.uri import WebSocketURI, parse_uri
+
+try:  # websockets >= 15 connects through HTTP(S)_PROXY / SOCKS proxies; so does the relay
+    from websockets.asyncio.client import connect_http_proxy, connect_socks_proxy
+    from websockets.uri import get_proxy, parse_proxy
+except ImportError:  # older websockets connected directly, and so does the relay with them
+    get_proxy = None  # type: ignore[assignment]
 
 from .capture import RECEIVED, SENT
 from .listen import DEFAULT_PORTS
@@ -221,9 +227,7 @@ class RecordingProxy:
         tls = self._tls_context() if uri.secure else None
         try:
             async with asyncio.timeout(self.open_timeout):
-                await loop.create_connection(
-                    lambda: leg, uri.host, uri.port, ssl=tls, server_hostname=uri.host if tls else None
-                )
+                await _connect_transport(leg, uri, tls)
                 request = ws.connect()
                 request.headers.update(headers)
                 ws.send_request(request)
@@ -296,6 +300,27 @@ class ProxyServer:
         assert self.server is not None
         self.server.close()
         await self.proxy.stop()
+
+
+async def _connect_transport(leg: Leg, uri: WebSocketURI, tls: ssl.SSLContext | None) -> None:
+    """Connect ``leg`` to the upstream, through the proxy the environment names for it
+    (``HTTPS_PROXY`` and the like) as websockets' ``connect`` does, else directly."""
+    loop = asyncio.get_running_loop()
+    hostname = uri.host if tls else None
+    proxy = get_proxy(uri) if get_proxy is not None else None
+    if proxy is None:
+        await loop.create_connection(lambda: leg, uri.host, uri.port, ssl=tls, server_hostname=hostname)
+        return
+    parsed = parse_proxy(proxy)
+    if parsed.scheme.startswith("socks"):
+        sock = await connect_socks_proxy(parsed, uri)
+        await loop.create_connection(lambda: leg, sock=sock, ssl=tls, server_hostname=hostname)
+        return
+    transport: Any = await connect_http_proxy(parsed, uri, ssl=True if parsed.scheme == "https" else None)
+    transport.set_protocol(leg)
+    if tls is not None:
+        transport = await loop.start_tls(transport, leg, tls, server_hostname=hostname)
+    leg.connection_made(transport)
 
 
 def _abort_if_silent(leg: Leg) -> None:

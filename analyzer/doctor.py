@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from recorder import events
+from recorder import events, telemetry
 from recorder.capture import CaptureError, read_capture
 
 from .lint import lint
@@ -70,7 +70,7 @@ def _row(session: str, check: str, status: str, evidence: str) -> dict[str, str]
     }
 
 
-_PAYLOAD_TYPES = ("rate_limits.updated", events.ERROR)
+_PAYLOAD_TYPES = (telemetry.RATE_LIMITS_UPDATED, events.ERROR)
 """Server events whose payload a check reads (``session.*`` ones too)."""
 
 
@@ -331,14 +331,14 @@ def _code(event: dict[str, Any]) -> str | None:
 def _rate_limits(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
     lowest = None
     for seq, _, _, _, kind, _, _, event in rows:
-        if kind != "rate_limits.updated" or event is None:
+        if kind != telemetry.RATE_LIMITS_UPDATED or event is None:
             continue
-        limits = event.get("rate_limits")
-        for limit in limits if isinstance(limits, list) else []:
-            if isinstance(limit, dict) and limit.get("limit"):
-                share = limit.get("remaining", 0) / limit["limit"]
+        for name, limit in telemetry.rate_limits(event).items():
+            if limit.get("limit"):
+                remaining = limit.get("remaining", 0)
+                share = remaining / limit["limit"]
                 if lowest is None or share < lowest[0]:
-                    lowest = (share, limit.get("name"), limit.get("remaining"), seq)
+                    lowest = (share, name, remaining, seq)
     if lowest is None:
         return _row(sid, "rate limits", "pass", "no rate limits recorded")
     share, name, remaining, seq = lowest

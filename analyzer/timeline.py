@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from recorder import events
+from recorder import events, telemetry
 
 
 @dataclasses.dataclass
@@ -35,8 +35,7 @@ def _summary(event: dict[str, Any] | None, kind: str) -> tuple[str, bool]:
         return "", False
     failure = events.failure_fields(event)
     if kind == events.RESPONSE_DONE:
-        usage = events.dig(event, ("response", "usage")) or {}
-        usage = usage if isinstance(usage, dict) else {}
+        usage = telemetry.usage(event)
         text = f"{events.response_status(event)} in={usage.get('input_tokens')} out={usage.get('output_tokens')}"
         if failure is not None:
             _, error_type, _, message = failure

@@ -20,7 +20,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import duckdb
 import pyarrow as pa
 
-from recorder import events, turns
+from recorder import events, telemetry, turns
 
 from .db import connect, in_list, json_path, lock
 from .index import Index, UpdateReport
@@ -49,6 +49,11 @@ _EMPTY_EVENTS = """
 
 def _error(field: str, path: tuple[str, ...]) -> str:
     return json_path("e.payload::JSON", (*path, field))
+
+
+def _usage(count: str) -> str:
+    path = (*telemetry.USAGE_PATH, *telemetry.USAGE_FIELDS[count])
+    return f"any_value(TRY_CAST({json_path('payload::JSON', path)} AS BIGINT))"
 
 
 CONVERSATION_LABEL = "conversation"
@@ -123,8 +128,8 @@ WITH created AS (
     SELECT session_id, response_id, min(seq) AS done_seq, min(t_ns) / 1e9 AS done_t_s,
            any_value({json_path("payload::JSON", events.RESPONSE_STATUS_PATH)}) AS status,
            any_value({json_path("payload::JSON", (*events.RESPONSE_ERROR_PATH, "type"))}) AS error_type,
-           any_value(TRY_CAST(payload::JSON->'response'->'usage'->>'input_tokens' AS BIGINT)) AS input_tokens,
-           any_value(TRY_CAST(payload::JSON->'response'->'usage'->>'output_tokens' AS BIGINT)) AS output_tokens
+           {_usage("input_tokens")} AS input_tokens,
+           {_usage("output_tokens")} AS output_tokens
     FROM _events WHERE type = '{events.RESPONSE_DONE}' AND response_id IS NOT NULL GROUP BY ALL
 ), audio AS (
     SELECT session_id, response_id, sum(audio_ms) AS audio_out_ms

@@ -334,8 +334,8 @@ def _rate_limits(sid: str, rows: list[tuple[Any, ...]]) -> dict[str, str]:
         if kind != telemetry.RATE_LIMITS_UPDATED or event is None:
             continue
         for name, limit in telemetry.rate_limits(event).items():
-            if limit.get("limit"):
-                remaining = limit.get("remaining", 0)
+            if limit.get("limit") and "remaining" in limit:  # a limit without both says nothing
+                remaining = limit["remaining"]
                 share = remaining / limit["limit"]
                 if lowest is None or share < lowest[0]:
                     lowest = (share, name, remaining, seq)

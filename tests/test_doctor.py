@@ -219,3 +219,33 @@ def test_a_session_that_keeps_failing_is_flagged(tmp_path: Path, case: str) -> N
     session_id = write(tmp_path, messages)
     got, evidence = status(tmp_path, session_id, "repeat failures")
     assert got == expected, evidence
+
+
+def limits(*limits: dict[str, Any]) -> list[tuple[float, int, Any]]:
+    return [(0.1, RECEIVED, {"type": "rate_limits.updated", "rate_limits": list(limits)})]
+
+
+@pytest.mark.parametrize(
+    ("messages", "expected"),
+    [
+        ([], ("pass", "no rate limits recorded")),
+        (limits({"name": "tokens", "limit": 1000, "remaining": 500}), ("pass", "lowest tokens remaining 500 (50%)")),
+        (
+            limits(
+                {"name": "requests", "limit": 100, "remaining": 9}, {"name": "tokens", "limit": 100, "remaining": 40}
+            ),
+            ("warn", "lowest requests remaining 9 (9%)"),
+        ),
+        (limits({"name": "tokens", "limit": 1000, "remaining": 0}), ("fail", "lowest tokens remaining 0 (0%)")),
+        # What a server should not send is read past, not a crash.
+        (
+            limits({"name": "tokens", "limit": 1000, "remaining": "lots"}, "junk", {"limit": 5}),
+            ("pass", "no rate limits recorded"),
+        ),
+        (limits({"name": "tokens", "limit": 0, "remaining": 0}), ("pass", "no rate limits recorded")),
+    ],
+)
+def test_rate_limits(tmp_path: Path, messages: list[tuple[float, int, Any]], expected: tuple[str, str]) -> None:
+    sid = write(tmp_path, messages)
+    got, evidence = status(tmp_path, sid, "rate limits")
+    assert (got, evidence[: len(expected[1])]) == expected

@@ -204,15 +204,27 @@ class Index:
     def manifest(self) -> dict[str, dict[str, Any]]:
         """The manifest's rows by file (relative to the root); none if it is missing or
         unreadable (the index is then built again)."""
-        if not self.manifest_path.exists():
-            return {}
+        return {row["file"]: row for row in self._manifest_table().to_pylist()}
+
+    def _manifest_table(self) -> pa.Table:
+        """The manifest as a table (empty if it is missing, unreadable or of another
+        version), parsed again only when its file changed: a process that queries often
+        (``rtcap ui``), or an update and the query after it, read it once."""
         try:
-            table = pq.read_table(self.manifest_path)
-        except (OSError, pa.ArrowException):
-            return {}
-        if not _current(table):
-            return {}
-        return {row["file"]: row for row in table.to_pylist()}
+            info = os.stat(self.manifest_path)
+        except OSError:
+            return MANIFEST_SCHEMA.empty_table()
+        key = (info.st_mtime_ns, info.st_size, info.st_ino)
+        if self._snapshot is None or self._snapshot[0] != key:
+            try:
+                table = pq.ParquetFile(self.manifest_path).read()
+            except (OSError, pa.ArrowException):
+                table = MANIFEST_SCHEMA.empty_table()
+            if not _current(table):
+                table = MANIFEST_SCHEMA.empty_table()
+            names = sorted({name for names in table.column("segments").to_pylist() for name in names or ()})
+            self._snapshot = (key, table, names)
+        return self._snapshot[1]
 
     def update(self, progress: Callable[[int, int], None] | None = None) -> UpdateReport:
         """Bring the index up to date with the captures on disk."""
@@ -221,9 +233,14 @@ class Index:
             _real_dir(self.events_dir)
             with os.scandir(self.events_dir) as entries:  # a row whose segment is gone is read again
                 self._present = {entry.name for entry in entries if entry.is_file(follow_symlinks=False)}
-            old = self.manifest()
-            rows: dict[str, dict[str, Any]] = {}
             files = capture_files(self.root) if self.root.is_dir() else []
+            table = self._manifest_table()
+            if self._unchanged(table, files, report):
+                self._rows = None  # the manifest on disk is this update's
+                self._sweep(set(self._snapshot[2] if self._snapshot is not None else ()))
+                return report
+            old = {row["file"]: row for row in table.to_pylist()}
+            rows: dict[str, dict[str, Any]] = {}
             jobs = []
             for path in files:
                 rel = str(path.relative_to(self.root))
@@ -259,15 +276,41 @@ class Index:
             if rows != old:
                 self._write_manifest(list(rows.values()))
             # Only now that the manifest names none of them may old segments go.
-            self._sweep(rows.values())
+            self._sweep({name for row in rows.values() for name in row["segments"]})
             self._rows = list(rows.values())
         return report
 
-    def _sweep(self, rows: Any) -> None:
-        """Remove the files no manifest row owns: segments merged, emptied or left by an
-        older index, and temporary files of an update that was interrupted (only the
-        holder of the exclusive lock writes, so any found now is stale)."""
-        owned = {name for row in rows for name in row["segments"]}
+    def _unchanged(self, manifest: pa.Table, files: list[Path], report: UpdateReport) -> bool:
+        """Whether every capture is as the manifest has it (the same files, each of the same
+        size, time and inode, none open, every segment there): then nothing is read or
+        written, and the check costs one ``lstat`` a capture. Anything else takes the
+        whole update, which also sweeps what an interrupted update left."""
+        if manifest.num_rows != len(files):
+            return False
+        columns = [manifest.column(name).to_pylist() for name in ("size", "mtime_ns", "ino", "state", "segments")]
+        known = dict(zip(manifest.column("file").to_pylist(), zip(*columns, strict=True), strict=True))
+        present = self._present
+        rels = []
+        for path in files:
+            rel = str(path.relative_to(self.root))
+            row = known.get(rel)
+            try:
+                found = os.lstat(path)
+            except OSError:
+                return False
+            if row is None or (found.st_size, found.st_mtime_ns, found.st_ino) != row[:3] or row[3] == "open":
+                return False
+            if not stat.S_ISREG(found.st_mode) or not all(name in present for name in row[4] or ()):
+                return False
+            rels.append(rel)
+        report.unchanged = rels
+        return True
+
+    def _sweep(self, owned: set[str]) -> None:
+        """Remove the files no manifest row owns (``owned`` are the segments it names):
+        segments merged, emptied or left by an older index, and temporary files of an
+        update that was interrupted (only the holder of the exclusive lock writes, so any
+        found now is stale)."""
         for directory in (self.dir, self.events_dir):
             with os.scandir(directory) as entries:
                 for entry in entries:
@@ -513,28 +556,16 @@ class Index:
         table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
         table = table.replace_schema_metadata({"rtcap_index": str(INDEX_VERSION)})
         _atomic_parquet(table, self.manifest_path)
+        info = os.stat(self.manifest_path)  # ours: the exclusive lock is held
+        names = sorted({name for row in rows for name in row["segments"]})
+        self._snapshot = ((info.st_mtime_ns, info.st_size, info.st_ino), table, names)
 
     def snapshot(self) -> tuple[pa.Table, list[Path]]:
         """The manifest as a table, and the segments it names that are there: what one
         query reads. The table is parsed again only when the manifest file changed, so a
         process that queries often (``rtcap ui``) does not pay for it on every statement."""
-        import pyarrow.compute as pc
-
-        try:
-            info = os.stat(self.manifest_path)
-        except OSError:
-            return MANIFEST_SCHEMA.empty_table(), []
-        key = (info.st_mtime_ns, info.st_size, info.st_ino)
-        if self._snapshot is None or self._snapshot[0] != key:
-            try:
-                table = pq.read_table(self.manifest_path)
-            except (OSError, pa.ArrowException):
-                table = MANIFEST_SCHEMA.empty_table()
-            if not _current(table):
-                table = MANIFEST_SCHEMA.empty_table()
-            names = sorted(pc.unique(pc.list_flatten(table["segments"])).to_pylist()) if table.num_rows else []
-            self._snapshot = (key, table, names)
-        _, table, names = self._snapshot
+        table = self._manifest_table()
+        names = self._snapshot[2] if self._snapshot is not None else []
         # Segments are removed only once no manifest names them; one removed by hand is skipped.
         return table, [self.events_dir / name for name in names if _is_file(self.events_dir / name)]
 

@@ -608,14 +608,14 @@ def read_columns(path: str | os.PathLike[str], start: int = 0, *, version: int |
 
 
 def stream_columns(
-    path: str | os.PathLike[str], start: int = 0, *, version: int | None = None, rows: int = COLUMN_ROWS
+    path: str | os.PathLike[str], start: int = 0, *, version: int | None = None, rows: int | None = None
 ) -> Iterator[Columns]:
-    """:func:`read_columns` in batches of at most ``rows`` messages (fewer when their text
-    reaches :data:`COLUMN_BYTES`), so that memory holds one batch whatever the capture's
-    size. Every batch carries what is known when it is made; the last one (yielded even
+    """:func:`read_columns` in batches of about ``rows`` messages (:data:`COLUMN_ROWS` by
+    default; fewer when their text reaches :data:`COLUMN_BYTES`), so that memory holds one
+    batch whatever the capture's size. Every batch carries what is known when it is made; the last one (yielded even
     when it holds no message) has the end record, every problem and where to resume.
     Raises only :class:`CaptureError`."""
-    path = Path(path)
+    path, rows = Path(path), rows or COLUMN_ROWS
     try:
         with open_capture(path) as f:
             locked = is_locked(f.fileno())
@@ -673,7 +673,7 @@ def _column_batches(
     page = mmap.PAGESIZE
     # The index reads every message of every capture: this loop makes no object per
     # message beyond what msgpack returns and what the columns hold.
-    with contextlib.closing(_records(data, start, locked, scan, path)) as records_:
+    with contextlib.closing(_records(data, start, locked, scan, path, min(rows, RECORD_BATCH))) as records_:
         for records_batch in records_:
             seqs, times, directions, texts = cols.seq, cols.t_ns, cols.direction, cols.text
             payloads, wires, audios, redactions = cols.payload, cols.wire_bytes, cols.audio_bytes, cols.redacted

@@ -166,6 +166,11 @@ class RecordingProxy:
         ws: _AppProtocol = app.ws  # type: ignore[assignment]
         try:
             upstream, response = await self._connect(url, headers, offered)
+        except asyncio.CancelledError:  # the proxy is stopping
+            app.abort()
+            recorder.start(now_ns(), status=None, subprotocols=offered)
+            recorder.end(now_ns(), closed_by="rtcap", error="rtcap proxy stopped during the handshake")
+            raise
         except InvalidStatus as e:
             self._rejected(app, recorder, e.response, offered)
             return

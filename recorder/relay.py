@@ -275,6 +275,10 @@ class Leg(asyncio.BufferedProtocol):
         self._ping = os.urandom(4)
         self.ws.send_ping(self._ping)
         self.flush()
+        self.ping_later()
+
+    def ping_later(self) -> None:
+        """Schedule the next keepalive ping."""
         self._timers = [asyncio.get_running_loop().call_later(PING_INTERVAL, self.keepalive)]
 
 
@@ -303,17 +307,17 @@ class Session:
         """Start relaying: join the legs, relay what each received meanwhile, start reading."""
         for leg, peer in ((self.app, self.upstream), (self.upstream, self.app)):
             leg.peer, leg.session, leg.recorder = peer, self, self.recorder
-        for leg in (self.upstream, self.app):
+        for leg, peer in ((self.upstream, self.app), (self.app, self.upstream)):
             pending, leg.pending = leg.pending, []
             for event in pending:
                 leg.relay(event)
-            self.app.flush() if leg is self.upstream else self.upstream.flush()
+            peer.flush()
         for leg in (self.app, self.upstream):
             if leg.lost or leg.ws.state is not OPEN:
                 self.closing(leg)
             else:
                 leg.hold(False)
-                leg._timers = [asyncio.get_running_loop().call_later(PING_INTERVAL, leg.keepalive)]
+                leg.ping_later()
 
     def closing(self, leg: Leg) -> None:
         """``leg`` left the open state (or its connection went): the first time, that is

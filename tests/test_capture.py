@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from analyzer.export import export_rows
@@ -341,3 +341,52 @@ def test_an_end_record_needs_its_time_and_none_is_missing(end: dict[str, object]
     got, cols = read_both(data)
     assert got.problems == cols.problems == problems
     assert got.state == ("damaged" if problems else "closed")
+
+
+# -- the hot path's shortcut (msgspec) and the plain way (msgpack, DECODERS) agree ---------
+
+splice_values = st.one_of(st.integers(-3, 40), st.binary(max_size=4), st.text(max_size=2))
+field_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(1 << 63), (1 << 64) - 1),
+    st.sampled_from([0, 1, 2, 3, 1.0, -1, (1 << 63) - 1, 1 << 63, -(1 << 63), (1 << 64) - 1]),
+    st.binary(max_size=8),
+    st.text(max_size=4),
+    st.lists(st.lists(splice_values, max_size=4), max_size=3),
+)
+
+
+# Each field mostly of its own type and range (a message is often whole), else anything.
+message_fields = st.tuples(
+    st.sampled_from([1, 1, 1, 1.0, True, 2]),
+    st.one_of(st.integers(0, 9), field_values),
+    st.one_of(st.integers(-9, 9), field_values),
+    st.one_of(st.sampled_from([0, 1]), field_values),
+    st.one_of(st.sampled_from([1, 2]), field_values),
+    st.one_of(st.binary(max_size=12), field_values),
+    st.one_of(st.none(), st.lists(st.tuples(st.integers(0, 12), st.binary(max_size=3)).map(list), max_size=3)),
+    st.one_of(st.sampled_from([0, 1, 2, 3]), field_values),
+).map(list)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bodies=st.lists(st.one_of(message_fields, st.lists(field_values, min_size=7, max_size=9)), max_size=6),
+    locked=st.booleans(),
+)
+@example(bodies=[[1, 0, 0, 0, 1, b"ab", [[1, b"x"], [2, b"y"]], 0]], locked=False)  # whole
+@example(bodies=[[1, 0, 0, 0, 1, b"ab", [[9, b"x"]], 0]], locked=False)  # a splice past the payload
+@example(bodies=[[1, 0, 0, 0, 1, b"ab", [[2, b"x"], [1, b"y"]], 0]], locked=False)  # falling offsets
+@example(bodies=[[1, 0, 0, 0, 1, b"ab", [[1, 5, 0]], 2], [1, 1, 0, 0, 1, b"ab", [[1, b"x"]], 2]], locked=False)
+@example(bodies=[[True, 0, 0, 0, 1, b"", None, 0], [1.0, 0, 0, 0, 1, b"", None, 0]], locked=True)
+def test_the_message_shortcut_decides_as_the_plain_way(bodies: list[list[object]], locked: bool) -> None:
+    import msgpack
+
+    data = capture.header_record({"session_id": "s"}) + b"".join(capture.frame(msgpack.packb(b)) for b in bodies)
+    assert capture._DECODE_MESSAGE is not None  # msgspec is installed: the shortcut is taken
+    fast = parse(data, locked=locked), parse_columns(data, locked=locked)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(capture, "_DECODE_MESSAGE", None)
+        plain = parse(data, locked=locked), parse_columns(data, locked=locked)
+    assert fast == plain

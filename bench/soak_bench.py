@@ -37,8 +37,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.frames import OP_TEXT
+from websockets.http11 import Response
+from websockets.protocol import OPEN
+from websockets.uri import WebSocketURI, parse_uri
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy_bench import BenchError, load_average, start_bare, start_rtcap, start_source  # noqa: E402
@@ -68,52 +73,96 @@ def appends(count: int) -> list[tuple[str, str]]:
 # A worker process: some of the sessions, its round trips printed as JSON
 
 
-async def session(url: str, start: float, end: float, samples: list[int], lost: list[int]) -> None:
-    """One voice-like session from ``start`` to ``end`` (loop times): a message every
-    1/RATE s, each round trip (ns) added to ``samples`` once past the warm-up."""
-    events = appends(4)
-    loop = asyncio.get_running_loop()
-    await asyncio.sleep(max(0.0, start - loop.time()))
-    sent: dict[int, int] = {}
-    counted_from = start + WARM_UP
-    async with connect(url, max_size=None, compression=None, open_timeout=60) as ws:
+class Session(asyncio.Protocol):
+    """One voice-like client session on websockets' sans-I/O client protocol: a light
+    client, so that the load generator is not what saturates the machine. Each echo's
+    round trip (ns) goes to ``samples`` once ``counting`` is set."""
 
-        async def receive() -> None:
-            async for message in ws:
-                assert isinstance(message, str)
-                seq = int(message[len(HEAD) : len(HEAD) + 10])
-                at = sent.pop(seq, None)
+    def __init__(self, uri: WebSocketURI, samples: list[int]) -> None:
+        self.ws = ClientProtocol(uri, max_size=None)
+        self.samples = samples
+        self.sent: dict[int, int] = {}
+        self.seq = 0
+        self.counting = False
+        self.transport: Any = None
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.ws.send_request(self.ws.connect())
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        now = time.perf_counter_ns()
+        for event in self.ws.events_received():
+            if isinstance(event, Response):
+                if not self.opened.done():
+                    self.opened.set_result(None)
+            elif event.opcode is OP_TEXT:
+                at = self.sent.pop(int(event.data[len(HEAD) : len(HEAD) + 10]), None)
                 if at is not None and at >= 0:
-                    samples.append(time.perf_counter_ns() - at)
+                    self.samples.append(now - at)
+        self.flush()
 
-        receiver = asyncio.ensure_future(receive())
-        seq = 0
-        due = loop.time()
-        while due < end:
-            head, tail = events[seq % len(events)]
-            sent[seq] = time.perf_counter_ns() if due >= counted_from else -1
-            await ws.send(f"{head}{seq:010d}{tail}")
-            seq += 1
-            due += 1 / RATE
-            await asyncio.sleep(max(0.0, due - loop.time()))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                while any(at >= 0 for at in sent.values()):
-                    await asyncio.sleep(0.05)
-        receiver.cancel()
-    lost.append(sum(1 for at in sent.values() if at >= 0))
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ws.receive_eof()
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("the session's connection was lost"))
+
+    def send(self, event: tuple[bytes, bytes]) -> None:
+        """Send the next append, its sequence number in its event id."""
+        if self.ws.state is not OPEN:
+            return
+        head, tail = event
+        self.sent[self.seq] = time.perf_counter_ns() if self.counting else -1
+        self.ws.send_text(b"%s%010d%s" % (head, self.seq, tail))
+        self.seq += 1
+        self.flush()
+
+    def flush(self) -> None:
+        for chunk in self.ws.data_to_send():
+            if chunk and not self.transport.is_closing():
+                self.transport.write(chunk)
+
+    def lost(self) -> int:
+        """Counted messages whose echo never came."""
+        return sum(1 for at in self.sent.values() if at >= 0)
 
 
 async def worker(url: str, sessions: int, seconds: float) -> dict[str, object]:
+    """``sessions`` sessions against ``url``; each sends RATE appends a second for
+    ``seconds``, the sessions spread evenly over each 1/RATE interval."""
     loop = asyncio.get_running_loop()
-    start = loop.time() + 1.0
+    uri = parse_uri(url)
     samples: list[int] = []
-    lost: list[int] = []
-    # Session starts spread over one message interval, so sends do not all line up.
-    await asyncio.gather(
-        *(session(url, start + n / sessions / RATE, start + seconds, samples, lost) for n in range(sessions))
-    )
-    return {"samples": samples, "lost": sum(lost)}
+    clients = []
+    for _ in range(sessions):
+        _, client = await loop.create_connection(lambda: Session(uri, samples), uri.host, uri.port)
+        await asyncio.wait_for(client.opened, 60)
+        clients.append(client)
+    events = [(head.encode(), tail.encode()) for head, tail in appends(4)]
+    interval = 1 / RATE
+    start = loop.time() + 0.5
+    ticks = int(seconds * RATE)
+    for tick in range(ticks):
+        if tick == int(WARM_UP * RATE):
+            for client in clients:
+                client.counting = True
+        for n, client in enumerate(clients):
+            # Session n sends at its own offset within the interval.
+            due = start + tick * interval + n * interval / sessions
+            delay = due - loop.time()
+            if delay > 0.001:  # sends closer together than that go out together
+                await asyncio.sleep(delay)
+            client.send(events[(tick + n) % len(events)])
+    deadline = loop.time() + 5
+    while any(client.lost() for client in clients) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    lost = sum(client.lost() for client in clients)
+    for client in clients:
+        client.transport.abort()
+    return {"samples": samples, "lost": lost}
 
 
 # ---------------------------------------------------------------------------

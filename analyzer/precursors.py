@@ -23,10 +23,17 @@ turn index) and of whether the previous response failed, so that "a late turn" o
 after a failure" cannot pass for a cause; Holm's correction runs over every feature and
 threshold tested. Position (failures come late) and clustering (failures follow failures)
 are reported as findings of their own.
+
+The scan runs on an :class:`Engine`: DuckDB on a local index, or Spark over the published
+dataset (:mod:`analyzer.spark`). Both run the same statements (DuckDB's dialect, written
+to translate: no ASOF join, no list parameters) and the same functions of this module over
+their rows (:func:`_describe_sessions`, on Spark's workers a session at a time); what comes
+back is a row a window, and the thresholds and the statistics are computed here.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -173,7 +180,7 @@ def turns(engine: Engine, failure: str, first_failures_only: bool = False) -> li
     """Every turn with a failure of kind ``failure`` or a completed response, in order."""
     responses = engine.sql(
         "SELECT session_id, response_id, created_seq, created_t_s, done_seq, done_t_s, status, input_tokens "
-        "FROM responses WHERE created_seq IS NOT NULL ORDER BY session_id, created_seq"
+        "FROM responses WHERE created_seq IS NOT NULL"  # put in order below, not by the engine
     ).to_pylist()
     failed: set[tuple[str, str]] = set()
     loose: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -237,48 +244,39 @@ def turns(engine: Engine, failure: str, first_failures_only: bool = False) -> li
     return out
 
 
-def _window_events(seconds: float, events: int) -> str:
-    """Each window's events (the client's with their JSON), for :func:`_describe_windows`."""
+def _scan(seconds: float, events: int) -> str:
+    """One pass over the events for :func:`_describe_sessions`: of each session, its
+    windows, each window's events (the client's with their JSON), the conversation's
+    items, and the events :class:`recorder.turns.TurnTracker` reads."""
     return f"""
         WITH w AS ({{windows}}), spans AS (
             -- each window's seqs, so that its events join on equality rather than on a range
             SELECT session_id, id, end_t, unnest(range(greatest(start_seq, end_seq - {int(events)}), end_seq)) AS seq
             FROM w
         )
-        SELECT s.session_id, s.id, s.end_t, e.seq, e.t_s, e.type, e.direction, e.audio_ms,
-               CASE WHEN e.direction = '{protocol.SENT}' THEN CAST(e.payload AS VARCHAR) END AS payload
+        SELECT s.session_id, '{_EVENT}' AS part, s.id, s.end_t, e.seq, e.t_s, e.direction, e.type, e.response_id,
+               e.audio_ms, CASE WHEN e.direction = '{protocol.SENT}' THEN CAST(e.payload AS VARCHAR) END AS payload
         FROM spans s JOIN events e ON e.session_id = s.session_id AND e.seq = s.seq
         WHERE e.t_s >= s.end_t - CAST('{float(seconds)!r}' AS DOUBLE)
+        UNION ALL
+        SELECT session_id, '{_WINDOW}', id, end_t, end_seq, NULL, NULL, NULL, NULL, NULL, NULL FROM w
+        UNION ALL
+        SELECT session_id, '{_ITEM}', NULL, NULL, seq, NULL, NULL, NULL, NULL, NULL, NULL
+        FROM events WHERE type IN {in_list(protocol.ITEM_ADDED)}
+        UNION ALL
+        SELECT session_id, '{_TURN}', NULL, NULL, seq, t_s, direction, type, response_id, NULL,
+               CASE WHEN type = '{dialogue.ITEM_CREATE}' THEN CAST(payload AS VARCHAR) END
+        FROM events WHERE type IN {in_list(dialogue.TURN_EVENTS)}
+        UNION ALL
+        -- of a response's deltas only the first of each type can mark its turn
+        SELECT session_id, '{_TURN}', NULL, NULL, min(seq), arg_min(t_s, seq), direction, type, response_id, NULL, NULL
+        FROM events WHERE type IN {in_list(dialogue.FIRST_AUDIO + dialogue.FIRST_TEXT)} AND response_id IS NOT NULL
+        GROUP BY session_id, direction, type, response_id
     """
 
 
-_ITEMS = f"""
-    WITH w AS ({{windows}}), marks AS (
-        SELECT id, session_id, end_seq AS seq, 0 AS item FROM w
-        UNION ALL
-        SELECT NULL AS id, session_id, seq, 1 AS item FROM events WHERE type IN {in_list(protocol.ITEM_ADDED)}
-    ), counted AS (
-        -- the Nth item added is the conversation's Nth: a running count of them, in seq
-        -- order with each window's end among them, counts the items before the window
-        SELECT id, CAST(sum(item) OVER (PARTITION BY session_id ORDER BY seq, item
-                                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS BIGINT) AS items
-        FROM marks
-    )
-    SELECT id, items FROM counted WHERE id IS NOT NULL
-"""
-"""The conversation's items before each window's end."""
-
-_TURN_EVENTS = f"""
-    SELECT session_id, seq, t_s, direction, type, response_id,
-           CASE WHEN type = '{dialogue.ITEM_CREATE}' THEN CAST(payload AS VARCHAR) END AS payload
-    FROM events WHERE type IN {in_list(dialogue.TURN_EVENTS)}
-    UNION ALL
-    -- of a response's deltas only the first of each type can mark its turn
-    SELECT session_id, min(seq), arg_min(t_s, seq), direction, type, response_id, NULL
-    FROM events WHERE type IN {in_list(dialogue.FIRST_AUDIO + dialogue.FIRST_TEXT)} AND response_id IS NOT NULL
-    GROUP BY session_id, direction, type, response_id
-"""
-"""The events :class:`recorder.turns.TurnTracker` reads, for :func:`_turn_context`."""
+_EVENT, _WINDOW, _ITEM, _TURN = "event", "window", "item", "turn"
+"""The parts of :func:`_scan`'s rows."""
 
 _DESCRIBED = pa.schema(
     [
@@ -286,28 +284,24 @@ _DESCRIBED = pa.schema(
         ("features", pa.list_(pa.string())),
         ("field_names", pa.list_(pa.string())),
         ("field_values", pa.list_(pa.string())),
+        ("items", pa.int64()),
         ("gap_since_server_s", pa.float64()),
         ("audio_chunk_ms", pa.float64()),
         ("events_per_second", pa.float64()),
-    ]
-)
-_CONTEXT = pa.schema(
-    [
-        ("session_id", pa.string()),
-        ("created_seq", pa.int64()),
         ("commit_to_created_ms", pa.float64()),
-        ("no_user", pa.bool_()),
         ("previous_first_audio_ms", pa.float64()),
+        ("no_user", pa.bool_()),
         ("previous_barge_in", pa.bool_()),
     ]
 )
+"""A window as :func:`_describe_sessions` describes it."""
 
 
 def describe(engine: Engine, found: list[Window], seconds: float, events: int) -> None:
-    """Give each window its features and measures: the engine scans the events, the
-    functions of this module turn each window's rows into its features (wherever the
-    engine runs them), and the thresholds and fields of bounded cardinality are chosen
-    here, over all windows."""
+    """Give each window its features and measures: the engine scans the events and runs
+    :func:`_describe_sessions` over them (wherever it runs it), a row a window; the
+    thresholds, and which fields have few enough values to be features, are chosen here,
+    over all windows."""
     if not found:
         return
     windows = pa.Table.from_pylist(
@@ -317,43 +311,34 @@ def describe(engine: Engine, found: list[Window], seconds: float, events: int) -
         ],
         schema=WINDOWS,
     )
-    described = engine.apply(_window_events(seconds, events), "session_id", _describe_windows, _DESCRIBED, windows)
-    items = {row["id"]: row["items"] for row in engine.sql(_ITEMS, windows).to_pylist()}
-    context = {
-        (row["session_id"], row["created_seq"]): row
-        for row in engine.apply(_TURN_EVENTS, "session_id", _turn_context, _CONTEXT).to_pylist()
-    }
+    described = engine.apply(_scan(seconds, events), "session_id", _describe_sessions, _DESCRIBED, windows)
+    rows = {row["id"]: row for row in described.to_pylist()}
+    fields: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     for window in found:
+        row = rows[window.id]
         measures = window.measures
         measures["turn_index"] = window.turn
         measures["session_age_s"] = window.end_t
-        measures["conversation_items"] = items[window.id]
+        measures["conversation_items"] = row["items"]
         if window.previous_tokens is not None:
             measures["input_tokens"] = window.previous_tokens
         if window.previous_done_t is not None:  # a server message in the window overrides it below
             measures["gap_since_server_s"] = window.end_t - window.previous_done_t
+        for measure in ("gap_since_server_s", "audio_chunk_ms", "events_per_second"):
+            if row[measure] is not None:
+                measures[measure] = row[measure]
+        # From the turns: none of these for a failure outside any response.
+        for measure in ("commit_to_created_ms", "previous_first_audio_ms"):
+            if row[measure] is not None:
+                measures[measure] = row[measure]
+        for flag, feature in (("no_user", NO_USER_TURN), ("previous_barge_in", PREVIOUS_BARGE_IN)):
+            if row[flag]:
+                window.features.add(feature)
         if window.previous == "failed":
             window.features.add(PREVIOUS_FAILED)
-        turn = context.get((window.session_id, window.end_seq))  # none for a failure outside any response
-        if turn is not None:
-            if turn["commit_to_created_ms"] is not None:
-                measures["commit_to_created_ms"] = turn["commit_to_created_ms"]
-            if turn["no_user"]:
-                window.features.add(NO_USER_TURN)
-            if turn["previous_first_audio_ms"] is not None:
-                measures["previous_first_audio_ms"] = turn["previous_first_audio_ms"]
-            if turn["previous_barge_in"]:
-                window.features.add(PREVIOUS_BARGE_IN)
-    fields: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
-    rows = {row["id"]: row for row in described.to_pylist()}
-    for window in found:
-        row = rows.get(window.id) or _window_row(window.id, [], window.end_t)  # a window with no events
         window.features.update(row["features"])
         for name, value in zip(row["field_names"], row["field_values"], strict=True):
             fields[name][value].add(window.id)
-        for measure in ("gap_since_server_s", "audio_chunk_ms", "events_per_second"):
-            if row[measure] is not None:
-                window.measures[measure] = row[measure]
     for name, values in fields.items():
         if len(values) <= MAX_FIELD_VALUES:
             for value, ids in values.items():
@@ -368,19 +353,30 @@ def describe(engine: Engine, found: list[Window], seconds: float, events: int) -
                     window.features.add(name)
 
 
-def _describe_windows(rows: pa.Table) -> pa.Table:
-    """The features of the windows whose events (rows of :func:`_window_events`) are
-    given, a row each: what an engine runs, here or on Spark's executors."""
-    by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
+def _describe_sessions(rows: pa.Table) -> pa.Table:
+    """The windows of the sessions whose rows of :func:`_scan` are given, a row each:
+    what an engine runs, here or on Spark's workers (a session at a time)."""
+    sessions: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows.to_pylist():
-        by_window[row["id"]].append(row)
-    return pa.Table.from_pylist(
-        [
-            _window_row(window_id, sorted(events, key=lambda e: e["seq"]), events[0]["end_t"])
-            for window_id, events in sorted(by_window.items())
-        ],
-        schema=_DESCRIBED,
-    )
+        sessions[row["session_id"]][row["part"]].append(row)
+    out: list[dict[str, Any]] = []
+    for _, parts in sorted(sessions.items()):
+        events: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for event in parts[_EVENT]:
+            events[event["id"]].append(event)
+        items = sorted(item["seq"] for item in parts[_ITEM])
+        context = _turn_context(sorted(parts[_TURN], key=_by_seq))
+        for window in sorted(parts[_WINDOW], key=lambda w: w["id"]):
+            row = _window_row(window["id"], sorted(events[window["id"]], key=_by_seq), window["end_t"])
+            # The Nth item added is the conversation's Nth: those before the window count them.
+            row["items"] = bisect.bisect_left(items, window["seq"])
+            row.update(context.get(window["seq"], {}))
+            out.append(row)
+    return pa.Table.from_pylist(out, schema=_DESCRIBED)
+
+
+def _by_seq(row: dict[str, Any]) -> int:
+    return int(row["seq"])
 
 
 def _window_row(window_id: int, rows: list[dict[str, Any]], end_t: float) -> dict[str, Any]:
@@ -420,38 +416,31 @@ def _window_row(window_id: int, rows: list[dict[str, Any]], end_t: float) -> dic
     }
 
 
-def _turn_context(rows: pa.Table) -> pa.Table:
-    """What the turns tell of the responses created in the sessions whose turn events
-    (rows of :data:`_TURN_EVENTS`) are given, by :class:`recorder.turns.TurnTracker` as
-    the ``turns`` view has it: the turn's commit-to-created latency, whether it had no
-    user turn, and the previous turn's latency to first audio and barge-in."""
-    by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows.to_pylist():
-        by_session[row["session_id"]].append(row)
-    out: list[dict[str, Any]] = []
-    for session_id, events in sorted(by_session.items()):
-        tracker = dialogue.TurnTracker()
-        for event in sorted(events, key=lambda e: e["seq"]):
-            role = protocol.dig(protocol.parse(event["payload"]), dialogue.ITEM_ROLE_PATH) if event["payload"] else None
-            # The index keeps t_ns; t_s = t_ns / 1e9 gives it back exactly for any session under days.
-            t_ns = round(event["t_s"] * 1e9)
-            tracker.add(event["seq"], t_ns, event["direction"], event["type"], event["response_id"], role)
-        answered = sorted((t for t in tracker.turns if "response_created" in t.marks), key=_created_seq)
-        previous: dict[str, Any] = {}  # the latencies and barge-in of the turn answered before
-        for turn in answered:
-            latencies = turn.latencies()
-            out.append(
-                {
-                    "session_id": session_id,
-                    "created_seq": _created_seq(turn),
-                    "commit_to_created_ms": latencies["commit_to_created_ms"],
-                    "no_user": "speech_started" not in turn.marks and "committed" not in turn.marks,
-                    "previous_first_audio_ms": previous.get("created_to_first_audio_ms"),
-                    "previous_barge_in": previous.get("barge_in"),
-                }
-            )
-            previous = {**latencies, "barge_in": turn.barge_in}
-    return pa.Table.from_pylist(out, schema=_CONTEXT)
+def _turn_context(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """What a session's turns tell of each response, by the ``seq`` of its
+    ``response.created``: :class:`recorder.turns.TurnTracker` fed the session's turn
+    events in order, as the ``turns`` view feeds it. The turn's commit-to-created latency
+    and whether it had no user turn; the previous turn's latency to first audio and
+    whether the user barged in on it."""
+    tracker = dialogue.TurnTracker()
+    for event in events:
+        role = protocol.dig(protocol.parse(event["payload"]), dialogue.ITEM_ROLE_PATH) if event["payload"] else None
+        # The index keeps t_ns; t_s = t_ns / 1e9 gives it back exactly for any session under days.
+        t_ns = round(event["t_s"] * 1e9)
+        tracker.add(event["seq"], t_ns, event["direction"], event["type"], event["response_id"], role)
+    answered = sorted((t for t in tracker.turns if "response_created" in t.marks), key=_created_seq)
+    context: dict[int, dict[str, Any]] = {}
+    previous: dict[str, Any] = {}  # the latencies and barge-in of the turn answered before
+    for turn in answered:
+        latencies = turn.latencies()
+        context[_created_seq(turn)] = {
+            "commit_to_created_ms": latencies["commit_to_created_ms"],
+            "no_user": "speech_started" not in turn.marks and "committed" not in turn.marks,
+            "previous_first_audio_ms": previous.get("created_to_first_audio_ms"),
+            "previous_barge_in": previous.get("barge_in"),
+        }
+        previous = {**latencies, "barge_in": turn.barge_in}
+    return context
 
 
 def _created_seq(turn: dialogue.Turn) -> int:

@@ -4,12 +4,17 @@ Spark reads the index published as a dataset (:mod:`analyzer.remote`): the views
 ``sessions``, ``events``, ``responses`` and ``failures`` as Parquet with the views'
 columns, hive-partitioned by day. :func:`register_views` makes them Spark views, for rtcap
 and for a notebook or a Spark job; :func:`query` runs rtcap's SQL (DuckDB's dialect,
-translated by sqlglot) over them and returns Arrow. pyspark and sqlglot are the optional
+translated by sqlglot) over them and returns Arrow; :func:`precursors` runs ``rtcap
+precursors`` with Spark as its :class:`analyzer.precursors.Engine`: the scan of the windows
+and their features in Spark, the statistics here. pyspark and sqlglot are the optional
 extra ``spark``.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +46,11 @@ def session(master: str | None = None) -> Any:
     if master:
         builder = builder.master(master)
     elif not SparkSession.getActiveSession():
-        builder = builder.master("local[*]")
+        master = "local[*]"
+        builder = builder.master(master)
+    if master and master.startswith("local"):
+        # Spark's Python workers run rtcap's functions (precursors): here, this interpreter.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
@@ -73,10 +82,13 @@ def register_views(spark: Any, url: str, *, include_replays: bool = False) -> No
     spark.sql(
         f"CREATE OR REPLACE TEMPORARY VIEW sessions AS SELECT {_list(columns['sessions'])} FROM _all_sessions{kept}"
     )
+    # Only when sessions are left out do the other views need the join that leaves out theirs
+    # (a job of its own in every statement that reads them).
+    left_out = bool(kept) and bool(spark.sql("SELECT 1 FROM _all_sessions WHERE is_replay LIMIT 1").take(1))
     for table in TABLES[1:]:
         spark.sql(
-            f"CREATE OR REPLACE TEMPORARY VIEW {table} AS SELECT {_list(columns[table])} FROM _all_{table} "
-            "WHERE session_id IN (SELECT session_id FROM sessions)"
+            f"CREATE OR REPLACE TEMPORARY VIEW {table} AS SELECT {_list(columns[table])} FROM _all_{table}"
+            + (" WHERE session_id IN (SELECT session_id FROM sessions)" if left_out else "")
         )
 
     _REGISTERED[id(spark)] = current
@@ -128,3 +140,52 @@ def query(spark: Any, url: str, sql: str, *, include_replays: bool = False) -> A
         return spark.sql(translated).toArrow()
     except PySparkException as e:
         raise SparkError(" ".join(str(e).split())[:500]) from None
+
+
+class SparkEngine:
+    """Spark as the :class:`analyzer.precursors.Engine` of ``rtcap precursors``: its
+    statements translated by sqlglot and run over the views of :func:`register_views`,
+    the windows a temporary view, its functions run by Spark's Python workers on each
+    group of rows (``groupBy(key).applyInArrow``), so only their results come back."""
+
+    def __init__(self, spark: Any, url: str, *, include_replays: bool = False) -> None:
+        register_views(spark, url, include_replays=include_replays)
+        self.spark = spark
+        self.include_replays = include_replays
+
+    def _frame(self, query: str, windows: Any) -> Any:
+        if windows is not None:
+            self.spark.createDataFrame(windows).createOrReplaceTempView("_rtcap_windows")
+            query = query.replace("{windows}", "SELECT * FROM _rtcap_windows")
+        return self.spark.sql(translate(query))
+
+    def sql(self, query: str, windows: Any = None) -> Any:
+        """Run one statement on Spark; its rows as Arrow."""
+        return _run(lambda: self._frame(query, windows).toArrow())
+
+    def apply(self, query: str, key: str, function: Callable[[Any], Any], schema: Any, windows: Any = None) -> Any:
+        """``function`` on Spark's workers over each group of ``key`` of ``query``'s rows."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        def run() -> Any:
+            grouped = self._frame(query, windows).groupBy(key)
+            return grouped.applyInArrow(function, from_arrow_schema(schema)).toArrow()
+
+        return _run(run)
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    from pyspark.errors import PySparkException
+
+    try:
+        return action()
+    except PySparkException as e:
+        raise SparkError(" ".join(str(e).split())[:500]) from None
+
+
+def precursors(spark: Any, url: str, *, include_replays: bool = False, **options: Any) -> dict[str, Any]:
+    """``rtcap precursors`` on Spark over the dataset at ``url``: the same document as
+    :func:`analyzer.precursors.analyse` gives over the same captures."""
+    from .precursors import analyse
+
+    return analyse(SparkEngine(spark, url, include_replays=include_replays), **options)

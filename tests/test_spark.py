@@ -1,8 +1,11 @@
-"""``rtcap query --engine spark``: pyspark in local mode answers the README's example
-queries with the same rows as DuckDB, over seeded simulator traffic with a planted cause."""
+"""``rtcap query --engine spark`` and ``rtcap precursors --engine spark``: pyspark in local
+mode answers the README's example queries with the same rows as DuckDB, and finds what
+precedes failures with the same document, over seeded simulator traffic with a planted
+cause."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,3 +70,25 @@ def test_spark_refuses_what_is_not_a_query(corpus: Path, spark: Any) -> None:
     result = CliRunner().invoke(cli, ["query", "DROP VIEW events", "--engine", "spark", "--captures", str(corpus)])
     assert result.exit_code == 1
     assert result.output == "rtcap: error: only reading queries are allowed here, not DROP\n"
+
+
+@pytest.mark.timeout(180)
+def test_spark_precursors_give_the_document_duckdb_gives(corpus: Path, spark: Any) -> None:
+    def document(*options: str) -> dict[str, Any]:
+        args = ["precursors", "--format", "json", "--captures", str(corpus), "--window-events", "20", *options]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    duckdb = document()
+    top = duckdb["features"][0]
+    assert "input_audio_buffer.clear" in [top["feature"], *top["merged"]] and top["significant"], top
+    # The same failures, controls, features with their counts and p-values, clustering
+    # and position: the windows and their features are found by Spark, the rest is shared.
+    assert document("--engine", "spark") == duckdb
+
+
+def test_master_goes_with_spark(corpus: Path) -> None:
+    result = CliRunner().invoke(cli, ["precursors", "--master", "local[2]", "--captures", str(corpus)])
+    assert result.exit_code == 2
+    assert result.output.endswith("rtcap: error: --master goes with --engine spark\n")

@@ -13,10 +13,12 @@ from analyzer.cliutil import (
     captures_option,
     emit,
     emit_document,
+    engine_options,
     failure_option,
     indexing_progress,
     library,
     load,
+    on_spark,
     open_captures_for_cli,
     open_for_session,
     output_options,
@@ -37,6 +39,7 @@ from analyzer.cliutil import (
 @click.option("--first-failures-only", is_flag=True, help="Keep only each session's first failure.")
 @replays_option
 @click.option("--strict", is_flag=True, help="Exit 1 when a feature is significant (for CI).")
+@engine_options
 @output_options
 @captures_option
 def precursors(
@@ -46,6 +49,8 @@ def precursors(
     first_failures_only: bool,
     include_replays: bool,
     strict: bool,
+    engine: str,
+    master: str | None,
     fmt: str | None,
     output: Path | None,
     captures: Path,
@@ -63,6 +68,8 @@ def precursors(
     session and of whether the previous response failed, Holm-adjusted; significant:
     p < 0.001. Failures that come late in sessions (position) and failures that follow
     failures (clustering) are reported as findings of their own, before the features.
+    With --engine spark the windows and their features are found by Spark over the index
+    published as a dataset (--master picks the cluster); the statistics run here.
 
     \b
     Example:
@@ -70,15 +77,19 @@ def precursors(
     """
     from analyzer.precursors import analyse
 
+    if master and engine != "spark":
+        raise BadUsage("--master goes with --engine spark")
     opened = open_captures_for_cli(captures, include_replays)
-    document = library(
-        analyse,
-        opened,
-        failure=failure,
-        window_seconds=window_seconds,
-        window_events=window_events,
-        first_failures_only=first_failures_only,
-    )
+    options = {
+        "failure": failure,
+        "window_seconds": window_seconds,
+        "window_events": window_events,
+        "first_failures_only": first_failures_only,
+    }
+    if engine == "spark":
+        document = on_spark(captures, master, "precursors", include_replays=include_replays, **options)
+    else:
+        document = library(analyse, opened, **options)
     if document["failures"] == 0:  # nothing to compare: say so rather than print an empty table
         raise Failure(document["summary"])
     emit_document(document, "features", fmt, output)

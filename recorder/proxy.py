@@ -36,7 +36,7 @@ except ImportError:  # older websockets connected directly, and so does the rela
 from .capture import RECEIVED, SENT
 from .listen import DEFAULT_PORTS
 from .redact import Redactor
-from .relay import Leg, Session
+from .relay import Leg, Session, read_buffer
 from .serving import serve_until_stopped
 from .session import SessionRecorder, now_ns
 
@@ -116,6 +116,7 @@ class RecordingProxy:
         self.sessions: set[Session] = set()  # relaying now
         self._opening: set[asyncio.Task[None]] = set()
         self._tls: ssl.SSLContext | None = None
+        self._buffer = read_buffer()  # every leg's: a proxy serves on one event loop
 
     def serve(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> ProxyServer:
         """The proxy listening on ``host:port``: an async context manager whose value has
@@ -126,7 +127,7 @@ class RecordingProxy:
 
     def accept(self) -> Leg:
         """A new app connection: its leg waits for the handshake request."""
-        leg = Leg(_AppProtocol(max_size=None), "client", SENT)
+        leg = Leg(_AppProtocol(max_size=None), "client", SENT, self._buffer)
         leg.on_handshake = self._requested
         loop = asyncio.get_running_loop()
         # An app that sends no handshake request in time is dropped, as websockets' server does.
@@ -215,7 +216,7 @@ class RecordingProxy:
         when it cannot be reached or does not speak WebSocket."""
         uri = parse_uri(url)
         ws = ClientProtocol(uri, subprotocols=offered or None, max_size=None)  # type: ignore[arg-type]
-        leg = Leg(ws, "server", RECEIVED)
+        leg = Leg(ws, "server", RECEIVED, self._buffer)
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[Response] = loop.create_future()
 

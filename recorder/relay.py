@@ -32,22 +32,29 @@ from .session import SessionRecorder, now_ns, warn, who_closed
 
 CLOSE_TIMEOUT = 10.0  # seconds a leg may take to finish its closing handshake
 PING_INTERVAL = 20.0  # seconds between keepalive pings, and how long a pong may take
-# Bytes read at a time, into a buffer each leg keeps: no allocation per read, and reads
-# small enough that what one read brought reaches the other side while the next comes.
+# Bytes read at a time: small enough that what one read brought reaches the other side
+# while the next comes.
 READ_SIZE = 64 * 1024
+
+
+def read_buffer() -> memoryview:
+    """A buffer for legs to read into. Legs on one event loop may share one: what is read
+    into it is handed to the protocol (which copies it) before the next read."""
+    return memoryview(bytearray(READ_SIZE))
 
 
 class Leg(asyncio.BufferedProtocol):
     """One connection of a relayed session: its transport feeds the sans-I/O protocol ``ws``.
 
     ``side`` is who is at the far end (``"client"``: the app, ``"server"``: the upstream)
-    and ``direction`` the recording direction of the messages it receives. Until
+    and ``direction`` the recording direction of the messages it receives; it reads into
+    ``buffer`` (see :func:`read_buffer`), with no allocation per read. Until
     :meth:`Session.link` joins it to its peer, the frames it receives wait in
     ``pending`` and its first event (the handshake request or response) goes to
     ``on_handshake``.
     """
 
-    def __init__(self, ws: Protocol, side: str, direction: int) -> None:
+    def __init__(self, ws: Protocol, side: str, direction: int, buffer: memoryview) -> None:
         self.ws = ws
         self.side = side
         self.direction = direction
@@ -66,7 +73,7 @@ class Leg(asyncio.BufferedProtocol):
         self._timers: list[asyncio.TimerHandle] = []
         self._close_timer: asyncio.TimerHandle | None = None
         self._ping: bytes | None = None
-        self._buffer = memoryview(bytearray(READ_SIZE))
+        self._buffer = buffer
 
     # -- asyncio.BufferedProtocol callbacks -----------------------------------------
 

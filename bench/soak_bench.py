@@ -2,8 +2,9 @@
 
 ``--sessions`` (200) WebSocket sessions each send an ``input_audio_buffer.append`` of
 20 ms of PCM16 audio (24 kHz, 960 bytes) 50 times a second, and the source server
-(bench/source_server.py) echoes each one back: audio both ways, 10,000 messages a
-second each way in all. The same load runs twice, for ``--seconds`` each:
+echoes each one back: audio both ways, 10,000 messages a second each way in all. The
+clients and the echo server are websockets' sans-I/O protocols on asyncio transports, so
+that they are not what saturates the machine. The same load runs twice, for ``--seconds`` each:
 
     direct       clients -> source server
     bare relay   clients -> bench/bare_relay.py (records nothing) -> source server
@@ -40,13 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from websockets.client import ClientProtocol
-from websockets.frames import OP_TEXT
-from websockets.http11 import Response
+from websockets.frames import OP_BINARY, OP_CONT, OP_TEXT
+from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
 from websockets.uri import WebSocketURI, parse_uri
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_bench import BenchError, load_average, start_bare, start_rtcap, start_source  # noqa: E402
+from proxy_bench import BenchError, Child, load_average, start_bare, start_rtcap  # noqa: E402
 
 try:
     import psutil
@@ -165,6 +167,49 @@ async def worker(url: str, sessions: int, seconds: float) -> dict[str, object]:
     return {"samples": samples, "lost": lost}
 
 
+class Echo(asyncio.Protocol):
+    """The echo server's side of one connection: every data frame sent back as it came."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.ws = ServerProtocol(max_size=None)
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Request):
+                ws.send_response(ws.accept(event))
+            elif ws.state is OPEN:
+                if event.opcode is OP_TEXT:
+                    ws.send_text(event.data, event.fin)
+                elif event.opcode is OP_BINARY:
+                    ws.send_binary(event.data, event.fin)
+                elif event.opcode is OP_CONT:
+                    ws.send_continuation(event.data, event.fin)
+        for chunk in ws.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ws.receive_eof()
+
+
+async def echo_server() -> None:
+    """Serve :class:`Echo` on a free port of 127.0.0.1, printed first, until killed."""
+    server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+
+def start_echo(stack: contextlib.ExitStack) -> str:
+    child = Child("echo server", [sys.executable, __file__, "--echo"], ready=r"^(\d+)$")
+    stack.callback(child.stop)
+    return f"ws://127.0.0.1:{child.wait_ready().group(1)}"
+
+
 # ---------------------------------------------------------------------------
 # The run
 
@@ -237,7 +282,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"  load average before the run: {load_average()} (anything else busy on these cores skews the figures)")
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rtcap-soak-")))
-        source = start_source(stack)
+        source = start_echo(stack)
         print("direct ...", flush=True)
         direct = load(source, args)
         print("through the bare relay ...", flush=True)
@@ -278,6 +323,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--echo"]:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(echo_server())
+        return 0
     if argv[:1] == ["--worker"]:
         url, sessions, seconds = argv[1], int(argv[2]), float(argv[3])
         print(json.dumps(asyncio.run(worker(url, sessions, seconds))))

@@ -177,23 +177,26 @@ def write_big_capture(root: Path, messages: int, rng: random.Random, templates: 
     return path
 
 
-def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB) and stdout of a command run in a process of its own."""
+def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str, float]:
+    """Wall seconds, peak RSS (MB), stdout and CPU seconds (user and system, its worker
+    processes included) of a command run in a process of its own. CPU time says where the
+    time goes when the machine is shared and wall times are not the command's alone."""
     runner = (
         "import resource, subprocess, sys, time\n"
         "start = time.perf_counter()\n"
         "out = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
         "elapsed = time.perf_counter() - start\n"
         "if out.returncode: sys.exit(out.stderr)\n"
-        "print(elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+        "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)\n"
         "print(out.stdout, end='')\n"
     )
     result = subprocess.run([sys.executable, "-c", runner, *command], capture_output=True, text=True, env=env)
     if result.returncode:
         raise SystemExit(f"benchmark step failed: {' '.join(command)}: {result.stderr.strip()}")
     first, _, rest = result.stdout.partition("\n")
-    seconds, rss = first.split()
-    return float(seconds), float(rss), rest
+    seconds, rss, cpu = first.split()
+    return float(seconds), float(rss), rest, float(cpu)
 
 
 def _in_process(root: Path, jsonl: Path, baseline_sql: str, env: dict[str, str]) -> tuple[float, float]:
@@ -232,8 +235,8 @@ def main() -> int:
     root, jsonl_path, big_root = work / "captures", work / "messages.jsonl", work / "big"
     rtcap = str(Path(sys.executable).parent / "rtcap")
     env = {**os.environ, "RTCAP_MEMORY_LIMIT": MEMORY_LIMIT}
-    rounds: list[dict[str, tuple[float, float, str]]] = []
-    big: tuple[float, float, str] | None = None
+    rounds: list[dict[str, tuple[float, float, str, float]]] = []
+    big: tuple[float, float, str, float] | None = None
     try:
         size = f"{args.sessions:,} sessions x {args.messages:,} messages"
         print(f"index benchmark: {size}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
@@ -264,7 +267,8 @@ def main() -> int:
             rounds.append(step)
             print(
                 f"  round {n + 1}: baseline {step['baseline'][0]:.2f} s, first build {step['first'][0]:.2f} s, "
-                f"re-query {step['again'][0]:.2f} s",
+                f"re-query {step['again'][0]:.2f} s (CPU {step['baseline'][3]:.2f}, {step['first'][3]:.2f}, "
+                f"{step['again'][3]:.2f} s)",
                 flush=True,
             )
         write_session(root, session_messages(args.messages, rng, templates), None, rng)
@@ -281,23 +285,24 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     def median(step: str, field: int = 0) -> float:
-        return statistics.median(r[step][field] for r in rounds)
+        return statistics.median(float(r[step][field]) for r in rounds)
 
     def ratio(step: str) -> float:
         """The median over rounds of baseline time / this step's time, each round its own."""
         return statistics.median(r["baseline"][0] / r[step][0] for r in rounds)
 
     rows = sum(1 for line in rounds[0]["first"][2].splitlines()[1:] if line)
-    print(f"\n  {'step (medians of ' + str(len(rounds)) + ' rounds)':<34} {'seconds':>8} {'peak RSS':>10}")
+    print(f"\n  {'step (medians of ' + str(len(rounds)) + ' rounds)':<38} {'seconds':>8} {'peak RSS':>10} {'CPU s':>8}")
     for name, step in (
         ("baseline: DuckDB read_json", "baseline"),
         ("rtcap: first build + query", "first"),
         ("rtcap: re-query, nothing changed", "again"),
     ):
-        print(f"  {name:<34} {median(step):>8.2f} {median(step, 1):>8.0f} MB")
-    print(f"  {'rtcap: one session added + query':<34} {update[0]:>8.2f} {update[1]:>8.0f} MB")
+        print(f"  {name:<38} {median(step):>8.2f} {median(step, 1):>8.0f} MB {median(step, 3):>8.2f}")
+    print(f"  {'rtcap: one session added + query':<38} {update[0]:>8.2f} {update[1]:>8.0f} MB {update[3]:>8.2f}")
     if big is not None:
-        print(f"  {f'rtcap: index one {args.big:,}-message capture':<34} {big[0]:>8.2f} {big[1]:>8.0f} MB")
+        name = f"rtcap: index one {args.big:,}-message capture"
+        print(f"  {name:<38} {big[0]:>8.2f} {big[1]:>8.0f} MB {big[3]:>8.2f}")
     limit_mb = float(MEMORY_LIMIT.removesuffix("GB")) * 1024
     peak = max([update[1], *(r[step][1] for r in rounds for step in ("first", "again")), big[1] if big else 0])
     checks = [

@@ -161,27 +161,50 @@ def _dialect(header: dict[str, Any]) -> str:
     )
 
 
-_DIRECTIONS = pa.array([events.SENT, events.RECEIVED], pa.string())
+def _array(values: np.ndarray, kind: pa.DataType, valid: np.ndarray | None = None) -> pa.Array:
+    """A numpy array as an Arrow array of ``kind``, sharing its memory: built from buffers,
+    because ``pa.array`` imports pandas (when installed) on its first call, which costs
+    more than reading a small capture."""
+    if kind == pa.bool_():
+        buffer, length = pa.py_buffer(np.packbits(values, bitorder="little")), len(values)
+    else:
+        buffer, length = pa.py_buffer(np.ascontiguousarray(values)), len(values)
+    mask = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(kind, length, [mask, buffer])
+
+
+def _strings(values: list[str | None]) -> pa.Array:
+    """Text (``None`` for none) as an Arrow string array, without ``pa.array`` (see
+    :func:`_array`)."""
+    encoded = [b"" if v is None else v.encode() for v in values]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    valid = pa.py_buffer(np.packbits([v is not None for v in values], bitorder="little"))
+    buffers = [valid, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(pa.large_string(), len(values), buffers).cast(pa.string())
 
 
 def _table(part: Part) -> pa.Table:
     """A batch of a capture's new messages as an Arrow table (its arrays taken as they are)."""
     rows = len(part)
+    no_audio = np.isnan(part.audio_ms)
     return pa.table(
         {
             "session_id": pa.DictionaryArray.from_arrays(
-                pa.array(np.zeros(rows, np.int32)), pa.array([part.session_id], pa.string())
+                _array(np.zeros(rows, np.int32), pa.int32()), _strings([part.session_id])
             ),
-            "seq": pa.array(part.seq, pa.int64()),
-            "t_ns": pa.array(part.t_ns, pa.int64()),
-            "ts": pa.array(part.ts_us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-            "direction": pa.DictionaryArray.from_arrays(pa.array(part.direction.astype(np.int32)), _DIRECTIONS),
-            "is_text": pa.array(part.text, pa.bool_()),
-            "bytes": pa.array(part.wire_bytes, pa.int64()),
-            "audio_bytes": pa.array(part.audio_bytes, pa.int64()),
-            "audio_ms": pa.array(part.audio_ms, pa.float64(), from_pandas=True),  # NaN: no audio
-            "redacted": pa.array(part.redacted, pa.bool_()),
-            "payload": pa.array(part.payload, pa.string()),
+            "seq": _array(part.seq, pa.int64()),
+            "t_ns": _array(part.t_ns, pa.int64()),
+            "ts": _array(part.ts_us, pa.timestamp("us", tz="UTC")),
+            "direction": pa.DictionaryArray.from_arrays(
+                _array(part.direction.astype(np.int32), pa.int32()), _strings([events.SENT, events.RECEIVED])
+            ),
+            "is_text": _array(part.text, pa.bool_()),
+            "bytes": _array(part.wire_bytes, pa.int64()),
+            "audio_bytes": _array(part.audio_bytes, pa.int64()),
+            "audio_ms": _array(np.where(no_audio, 0.0, part.audio_ms), pa.float64(), ~no_audio),
+            "redacted": _array(part.redacted, pa.bool_()),
+            "payload": _strings(part.payload),
         }
     )
 

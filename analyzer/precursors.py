@@ -37,7 +37,7 @@ import bisect
 import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -45,9 +45,10 @@ import pyarrow as pa
 from recorder import events as protocol
 from recorder import turns as dialogue
 
-from .db import in_list
 from .stats import Strata, busiest_second, cut_points, fisher_greater, holm, number
-from .views import Captures
+
+if TYPE_CHECKING:  # DuckDB is imported where it runs: Spark's workers import this module too
+    from .views import Captures
 
 __all__ = ["DuckDB", "Engine", "analyse", "fisher_greater", "holm"]
 
@@ -248,6 +249,8 @@ def _scan(seconds: float, events: int) -> str:
     """One pass over the events for :func:`_describe_sessions`: of each session, its
     windows, each window's events (the client's with their JSON), the conversation's
     items, and the events :class:`recorder.turns.TurnTracker` reads."""
+    from .db import in_list
+
     return f"""
         WITH w AS ({{windows}}), spans AS (
             -- each window's seqs, so that its events join on equality rather than on a range
@@ -553,6 +556,8 @@ def analyse(
 ) -> dict[str, Any]:
     """The precursor document SPEC describes (see ``rtcap precursors --help``), over a
     capture root's views (DuckDB) or another :class:`Engine`'s."""
+    from .views import Captures
+
     engine = DuckDB(captures) if isinstance(captures, Captures) else captures
     found = turns(engine, failure, first_failures_only)
     describe(engine, found, window_seconds, window_events)

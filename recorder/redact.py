@@ -264,7 +264,9 @@ _ESCAPED_TOOLS_LETTER = re.compile(rb"\\u00(?:7[34]|6[cCfF])")  # t, s, l, o
 def may_hold_tools(data: bytes) -> bool:
     """Whether ``data`` can hold a ``"tools"`` key, written plainly or with escapes. A
     cheap test on the recording's hot path: when false, :func:`redact_tools` finds nothing."""
-    return b'"tools"' in data or (b"\\u00" in data and _ESCAPED_TOOLS_LETTER.search(data) is not None)
+    # ``find``, not ``in``: ``in`` first tries its operand as an integer, which costs an
+    # exception on every call.
+    return data.find(b'"tools"') >= 0 or (data.find(b"\\u00") >= 0 and _ESCAPED_TOOLS_LETTER.search(data) is not None)
 
 
 _TOOLS, _TOOL, _HEADERS = 1, 2, 3  # what a container is, for the scan

@@ -38,17 +38,42 @@ from .redact import REDACTED as REDACTED_TEXT
 from .redact import Redactor, Scrubber, may_hold_tools, redact_tools
 
 try:
-    from pybase64 import b64decode, b64encode
+    from pybase64 import b64decode
 except ImportError:  # the shim can land in an interpreter without it: slower, same result
-    from base64 import b64decode, b64encode  # type: ignore[assignment]
+    from base64 import b64decode  # type: ignore[assignment]
 
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 
-# The event type, when it is the first key (as servers and the SDK write it).
-_HEAD_TYPE = re.compile(rb'\{\s*"type"\s*:\s*"([A-Za-z0-9_.]{1,128})"')
-_DELTA_KEY = re.compile(rb'"delta"\s*:\s*"')
-_APPEND = events.AUDIO_APPEND.encode()
-_APPEND_KEY = re.compile(rb'"audio"\s*:\s*"')
+# The recording's hot path reads the usual messages without parsing them, and gives exactly
+# what parsing them gives (tests/test_session_fast.py holds the two paths to that):
+#
+# - The event type, when it is the first key (as servers and the SDK write it).
+_WS = rb"[ \t\n\r]*+"  # JSON's whitespace, and only it
+_HEAD_TYPE = re.compile(rb"\{" + _WS + rb'"type"' + _WS + rb":" + _WS + rb'"([A-Za-z0-9_.]{1,128})"')
+# - A ``\uXXXX`` escape that could spell a letter of a key (``"\u0069tem"`` is ``"item"``).
+_ESCAPED_LETTER = re.compile(rb"\\u00[4-7]")
+# - An audio event as a flat object: after its type, members whose values are plain strings
+#   (printable ASCII, no escapes), numbers or literals, then the audio's key and its string.
+#   No key but the first is ``type``, and none but the last ``delta`` or ``audio``: the
+#   parsed object has those values (json keeps a repeated key's last value).
+_PLAIN_STRING = rb'"[\x20\x21\x23-\x5b\x5d-\x7e]*+"'
+_MEMBER = (
+    _WS
+    + rb","
+    + _WS
+    + rb'"(?!(?:type|delta|audio)")[\x20\x21\x23-\x5b\x5d-\x7e]*+"'
+    + _WS
+    + rb":"
+    + _WS
+    + rb"(?:"
+    + _PLAIN_STRING
+    # json.loads refuses integers of more than 4,300 digits: far longer than kept here.
+    + rb"|-?+(?:0|[1-9][0-9]{0,99}+)(?:\.[0-9]{1,100}+)?+(?:[eE][-+]?+[0-9]{1,100}+)?+|true|false|null)"
+)
+_AUDIO_MEMBERS = re.compile(
+    rb"(?:" + _MEMBER + rb")*+" + _WS + rb"," + _WS + rb'"(delta|audio)"' + _WS + rb":" + _WS + rb'"'
+)
+_AUDIO_END = re.compile(rb'"(?:' + _MEMBER + rb")*+" + _WS + rb"\}" + _WS)
 
 
 def new_session_id(now: dt.datetime | None = None) -> str:
@@ -150,6 +175,8 @@ class SessionRecorder:
         self.incomplete: str | None = None
         self.closed = False
         self._formats = events.AudioFormats()
+        # A CaptureWriter packs message records itself (a list in tests takes their bytes).
+        self._write_message: Callable[..., None] | None = getattr(sink, "write_message", None)
 
     @classmethod
     def create(cls, captures: Path, **fields: Any) -> SessionRecorder:
@@ -205,10 +232,14 @@ class SessionRecorder:
         a text message; ``bytes`` are a binary one unless ``text`` is true (the UTF-8 of a
         text message, as websockets' protocol layer holds it)."""
         seq = self.seq
-        self.seq += 1
+        self.seq = seq + 1
         t_ns = now_ns - (self.t0_ns if self.t0_ns is not None else now_ns)
-        opcode = TEXT if isinstance(data, str) or text else BINARY
-        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+        if type(data) is bytes:
+            raw, opcode = data, TEXT if text else BINARY
+        elif isinstance(data, str):
+            raw, opcode = data.encode("utf-8", "surrogatepass"), TEXT
+        else:
+            raw, opcode = bytes(data), TEXT if text else BINARY
         try:
             if opcode == TEXT:
                 payload, splices, flags = self._text(direction, raw)
@@ -219,7 +250,14 @@ class SessionRecorder:
             # Analysis may give up on a message (an escape that cannot be encoded, say);
             # the relay never does. The message is kept as it came, less its secrets.
             payload, splices, flags = self._unparsed(raw)
-        self._write(message_record(seq, t_ns, direction, opcode, payload, splices, flags))
+        if self.sink is not None and not self.incomplete:
+            try:
+                if self._write_message is not None:
+                    self._write_message(seq, t_ns, direction, opcode, payload, splices, flags)
+                else:
+                    self.sink.write(message_record(seq, t_ns, direction, opcode, payload, splices, flags))
+            except OSError as e:
+                self._failed(e)
         return seq
 
     def end(
@@ -260,40 +298,56 @@ class SessionRecorder:
         try:
             self.sink.write(record)
         except OSError as e:
-            self.incomplete = f"capture write failed: {e.strerror or e}"
-            self.on_error(f"{self.incomplete}; session {self.session_id} goes on unrecorded")
+            self._failed(e)
+
+    def _failed(self, error: OSError) -> None:
+        self.incomplete = f"capture write failed: {error.strerror or error}"
+        self.on_error(f"{self.incomplete}; session {self.session_id} goes on unrecorded")
 
     def _text(self, direction: int, data: bytes) -> tuple[bytes, list[list[Any]] | None, int]:
+        """What :meth:`_parsed` makes of a text message, reading the usual ones without
+        parsing them: an audio event as a flat object is cut where its audio string stands;
+        any other event whose type comes first, and that holds no item, tools or second
+        ``type``, has no audio to cut. Anything else is parsed."""
         head = _HEAD_TYPE.match(data)
         if head is None:
             return self._parsed(direction, data)
-        kind = head.group(1)
-        # The hot path: a delta whose type comes first is cut without parsing. Anything
-        # that may hold tools, items or the session's audio format is parsed whole.
-        key = _APPEND_KEY if kind == _APPEND else _DELTA_KEY if events.is_audio_delta(kind.decode()) else None
+        kind = head.group(1).decode()
+        key = b"audio" if kind == events.AUDIO_APPEND else b"delta" if events.is_audio_delta(kind) else None
         if key is None:
-            if kind.startswith(b"session.") or b'"item"' in data or may_hold_tools(data):
+            # (``find``, not ``in``: ``in`` first tries its operand as an integer, and
+            # failing that costs an exception every time.)
+            if (
+                kind in events.SESSION_EVENTS  # the session's audio format: followed
+                or _ESCAPED_LETTER.search(data) is not None
+                or data.find(b'"type"', head.end()) >= 0
+                or data.find(b'"item"') >= 0
+                or data.find(b'"tools"') >= 0  # with no escaped letter, may_hold_tools
+            ):
                 return self._parsed(direction, data)
             return self._cut(direction, data, [], redacted=False)
-        found = key.search(data, head.end())
-        if found is None:
+        members = _AUDIO_MEMBERS.match(data, head.end())
+        if members is None or members.group(1) != key:
             return self._parsed(direction, data)
-        start = found.end()
+        start = members.end()
         end = data.find(b'"', start)
-        if end <= start:
+        if end <= start or _AUDIO_END.fullmatch(data, end) is None:
             return self._parsed(direction, data)
-        before, after = data[:start], data[end:]
-        if b'"item"' in before or b'"item"' in after or may_hold_tools(before) or may_hold_tools(after):
+        value = data[start:end]
+        raw = _decode_exact(value)
+        # Parsing cuts the first place the string stands; the bytes before it are short.
+        if raw is None or (end - start + 2 <= start and _find_string(data, value, 0) != start):
             return self._parsed(direction, data)
-        raw = _decode_exact(data[start:end])
-        payload = before + after
-        if raw is None or self.scrubber.finds(payload):
-            return self._cut(direction, data, [(start, end)], redacted=False)
+        before, redacted = self.scrubber.scrub_bytes(data[:start])
+        after, found = self.scrubber.scrub_bytes(data[end:])
+        flags = REDACTED if redacted or found else 0
         if self.audio:
-            return payload, [[start, raw]], 0
-        return payload, [[start, len(raw), self._silence(direction)]], AUDIO_DROPPED
+            return before + after, [[len(before), raw]], flags
+        return before + after, [[len(before), len(raw), self._silence(direction)]], flags | AUDIO_DROPPED
 
     def _parsed(self, direction: int, data: bytes) -> tuple[bytes, list[list[Any]] | None, int]:
+        """A text message parsed whole: tool credentials redacted, the session's audio
+        format followed, each audio string cut, known secrets scrubbed."""
         redacted = False
         if may_hold_tools(data):
             data, redacted = redact_tools(data, self.scrubber, self.redactor)
@@ -388,14 +442,23 @@ def _find_string(data: bytes, value: bytes, start: int) -> int:
     return -1
 
 
+_SPARE_BITS = {ord(c): i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
 def _decode_exact(value: bytes) -> bytes | None:
     """The bytes behind a base64 string, if encoding them again gives the same string
     (which rules out quotes, escapes, stray characters and non-canonical padding)."""
     try:
-        raw = b64decode(value, validate=True)
+        raw = b64decode(value, None, True)  # validate, passed by position: keywords cost more
     except (binascii.Error, ValueError):
         return None
-    return raw if b64encode(raw) == value else None
+    # Validated base64 is whole quartets of the alphabet, padded at its end only, so a new
+    # encoding can differ from it only in the bits that the last character before the
+    # padding holds beyond the data: four of them before "==", two before "=".
+    if value.endswith(b"="):
+        spare = 0x0F if value.endswith(b"==") else 0x03
+        return raw if not _SPARE_BITS[value[-3 if spare == 0x0F else -2]] & spare else None
+    return raw
 
 
 def now_ns() -> int:

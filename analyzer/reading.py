@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import os
 import signal
 import sys
@@ -219,6 +220,9 @@ def read_all(jobs: list[Job], lock: int) -> Generator[Iterator[Part | Read | Cap
     try:
         # Blocked until each worker has set Ctrl-C aside; one meanwhile waits for the unblock.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # What the workers inherit is kept out of their garbage collections, which would
+        # otherwise walk (and so copy) every object of this process again and again.
+        gc.freeze()
         try:
             for n in range(count):
                 receiver, sender = context.Pipe(duplex=False)
@@ -227,6 +231,7 @@ def read_all(jobs: list[Job], lock: int) -> Generator[Iterator[Part | Read | Cap
                 process.start()
                 sender.close()  # so that a worker's death reads as the end of its pipe
         finally:
+            gc.unfreeze()
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for n, (path, _, start, base) in enumerate(jobs):
             receiver = workers[n % count][1]

@@ -5,8 +5,12 @@ Two measurements, each alternating "no shim" and "shim" rounds in one run:
 1. Per-message cost at p50: websockets' sans-I/O client protocol, after a real handshake,
    fed one server frame at a time (``receive_data`` + ``events_received``, the path every
    received message takes in the asyncio and sync clients) and sending one message at a
-   time (``send_text`` + ``data_to_send``). Each message is timed alone; the shim's cost is
-   the difference of the medians. Target: at most 10 microseconds added at p50.
+   time (``send_text`` + ``data_to_send``). Each message is timed alone; a round's figure is
+   the median of its messages, and the shim's cost is the difference of the medians of the
+   rounds. Targets: at most 8 microseconds added per received audio message, 10 for the
+   other cases. Beside them, the capture's own write: one ``os.write`` of an audio
+   message's record to a new capture file, timed alone in the same rounds (the floor no
+   recorder that hands each record to the OS before the app sees it can go under).
 2. Throughput: an asyncio websockets client receiving a stream from a source server in
    its own process (bench/source_server.py), messages per second with and without the
    shim. Target: under 10% loss.
@@ -15,7 +19,10 @@ Two measurements, each alternating "no shim" and "shim" rounds in one run:
    sans-I/O core to drive alone: over a real loopback connection to the source server,
    a received message costs the time of a whole stream divided by its length (the median
    of the rounds), a sent one the median time of ``send_str`` (the echoes are read back,
-   untimed, after every 50 sends). Same target: at most 10 microseconds added.
+   untimed, after every 50 sends). Target: at most 10 microseconds added.
+
+Every figure is the median of 5 rounds that alternate "no shim" and "shim" (aiohttp's and
+the throughput's after one warm-up round of each).
 
 Small messages are transcript deltas; audio messages carry 100 ms of PCM16 (4,800 bytes).
 Run: ``make bench`` (or ``.venv/bin/python bench/shim_bench.py``; aiohttp is taken from
@@ -42,6 +49,8 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 import recorder
+from recorder.capture import RECEIVED, CaptureWriter
+from recorder.session import SessionRecorder
 
 HERE = Path(__file__).parent
 SMALL = json.dumps(
@@ -68,7 +77,11 @@ AUDIO = json.dumps(
 )
 APPEND = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(os.urandom(4800)).decode()})
 PER_MESSAGE_N = 20_000
-ROUNDS = 4
+ROUNDS = 5
+AUDIO_TARGET = {"websockets": 8.0, "aiohttp": 10.0}
+"""Microseconds a received audio message may cost with the shim, per client (issue 18)."""
+TARGET = 10.0
+"""Microseconds any other message may cost."""
 
 
 def open_pair() -> tuple[ClientProtocol, ServerProtocol]:
@@ -115,26 +128,64 @@ def time_sent(message: str, count: int) -> list[int]:
     return timings
 
 
+class RecordSink:
+    """Keeps the records a recorder writes."""
+
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.records.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+def time_writes(captures: Path, count: int) -> list[int]:
+    """Nanoseconds per write of an audio message's capture record to a new capture file."""
+    sink = RecordSink()
+    session = SessionRecorder(sink, session_id="bench", url="ws://127.0.0.1:1/", request_headers=(), recorder="shim")
+    session.message(RECEIVED, AUDIO.encode(), 0, text=True)
+    with tempfile.TemporaryDirectory(dir=captures) as tmp:
+        writer = CaptureWriter(Path(tmp) / "writes.msgpack")
+        timings = []
+        clock = time.perf_counter_ns
+        for _ in range(count):
+            start = clock()
+            writer.write(sink.records[-1])
+            timings.append(clock() - start)
+        writer.close()
+    return timings
+
+
 def per_message(captures: Path) -> dict[str, tuple[float, float]]:
-    """Median microseconds per message without and with the shim, per case."""
+    """Microseconds per message without and with the shim, per case: the median over the
+    rounds of each round's median."""
     cases = {
         "received small": lambda: time_received(SMALL, PER_MESSAGE_N),
         "received audio": lambda: time_received(AUDIO, PER_MESSAGE_N),
         "sent small": lambda: time_sent(SMALL, PER_MESSAGE_N),
         "sent audio": lambda: time_sent(APPEND, PER_MESSAGE_N),
     }
-    samples: dict[str, dict[bool, list[int]]] = {name: {False: [], True: []} for name in cases}
+    rounds: dict[str, dict[bool, list[float]]] = {name: {False: [], True: []} for name in cases}
+    rounds[WRITE] = {False: [], True: []}
     for _ in range(ROUNDS):
         for shim in (False, True):
             if shim:
                 recorder.install(captures=captures)
             try:
                 for name, run in cases.items():
-                    samples[name][shim].extend(run())
+                    rounds[name][shim].append(statistics.median(run()) / 1e3)
             finally:
                 if shim:
                     recorder.uninstall()
-    return {name: (statistics.median(s[False]) / 1e3, statistics.median(s[True]) / 1e3) for name, s in samples.items()}
+            if shim:  # the write alone, as the shim's rounds do it: 0 without, its time with
+                rounds[WRITE][False].append(0.0)
+                rounds[WRITE][True].append(statistics.median(time_writes(captures, PER_MESSAGE_N)) / 1e3)
+    return {name: (statistics.median(r[False]), statistics.median(r[True])) for name, r in rounds.items()}
+
+
+WRITE = "capture write"
 
 
 async def receive_stream(url: str, kind: str, count: int) -> float:
@@ -231,13 +282,21 @@ def aiohttp_per_message(url: str, captures: Path) -> dict[str, tuple[float, floa
     return {name: (statistics.median(s[False]), statistics.median(s[True])) for name, s in samples.items()}
 
 
-def print_costs(costs: dict[str, tuple[float, float]]) -> None:
-    print(f"  {'case':<16} {'no shim':>9} {'shim':>9} {'added':>9}")
-    worst = 0.0
+def print_costs(costs: dict[str, tuple[float, float]], client: str) -> None:
+    print(f"  {'case':<16} {'no shim':>9} {'shim':>9} {'added':>9} {'target':>9}")
     for name, (plain, shim) in costs.items():
-        worst = max(worst, shim - plain)
-        print(f"  {name:<16} {plain:>7.2f}us {shim:>7.2f}us {shim - plain:>7.2f}us")
-    print(f"  worst added at p50: {worst:.2f} us  {'PASS' if worst <= 10 else 'MISS'}")
+        if name == WRITE:
+            print(f"  {'(write alone)':<16} {'':>9} {shim:>7.2f}us {'':>9}   one os.write of an audio record")
+            continue
+        target = AUDIO_TARGET[client] if name == "received audio" else TARGET
+        added = shim - plain
+        verdict = "PASS" if added <= target else "MISS"
+        print(f"  {name:<16} {plain:>7.2f}us {shim:>7.2f}us {added:>7.2f}us {target:>7.1f}us {verdict}")
+    plain, shim = costs["received audio"]
+    print(
+        f"  {client}: added per received audio message at p50: {shim - plain:.2f} us"
+        f" (target {AUDIO_TARGET[client]:.0f} us) {'PASS' if shim - plain <= AUDIO_TARGET[client] else 'MISS'}"
+    )
 
 
 def main() -> int:
@@ -259,14 +318,17 @@ def main() -> int:
         server.terminate()
         server.wait(10)
 
-    print(f"\nper-message cost, median of {ROUNDS} x {PER_MESSAGE_N:,} messages per case (target: <= 10 us added)")
-    print_costs(costs)
+    print(
+        f"\nwebsockets {websockets.__version__} per-message cost, sans-I/O: the median of {ROUNDS} alternating rounds"
+        f" of each round's median of {PER_MESSAGE_N:,} messages per case"
+    )
+    print_costs(costs, "websockets")
     print(
         f"\naiohttp {_aiohttp().__version__} per-message cost over a loopback connection, median of {ROUNDS} rounds"
         f" (received: {AIOHTTP_COUNTS['small']:,} small and {AIOHTTP_COUNTS['audio']:,} audio per stream;"
-        f" sent: p50 of {AIOHTTP_SENDS:,} send_str each; target: <= 10 us added)"
+        f" sent: p50 of {AIOHTTP_SENDS:,} send_str each)"
     )
-    print_costs(aiohttp_costs)
+    print_costs(aiohttp_costs, "aiohttp")
 
     print(f"\nthroughput, asyncio client receiving a stream, median of {ROUNDS} rounds (target: < 10% loss)")
     print(f"  {'kind':<8} {'no shim':>12} {'shim':>12} {'loss':>7}")

@@ -34,6 +34,7 @@ REALTIME = "/v1/realtime?model=gpt-realtime"
 SLOWEST_FIRST = (
     "test_precursors.py",
     "test_spark.py",
+    "test_confounds.py",
     "test_store.py",
     "test_ui.py",
     "test_paths.py",

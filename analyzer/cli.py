@@ -110,7 +110,8 @@ class RtcapGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BaseException as e:
-            if self.interrupts is not None and self.interrupts.seen:
+            # A KeyboardInterrupt of its own: a server command's event loop took the Ctrl-C.
+            if isinstance(e, KeyboardInterrupt) or (self.interrupts is not None and self.interrupts.seen):
                 raise _Interrupted from None
             if _stdout_closed(e):
                 raise _StdoutClosed from None

@@ -17,9 +17,9 @@ from .listen import parse_listen as parse_listen
 T = TypeVar("T")
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def _resolve(future: asyncio.Future[Any], value: Any = None) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(value)
 
 
 def ws_url(host: str, port: int) -> str:
@@ -32,21 +32,25 @@ async def serve_until_stopped(
     first_line: Callable[[str], str],
     *,
     ready: Callable[[str], None],
-    stop: asyncio.Future[None] | None = None,
+    stop: asyncio.Future[Any] | None = None,
 ) -> None:
     """Run ``server`` (an async context manager whose value has ``sockets``: a websockets
     server, or ``RecordingProxy.serve``'s) until ``stop`` resolves or SIGINT or
     SIGTERM arrives. ``ready`` gets ``first_line(url)`` once it listens: the line a server
-    command prints first, with the real port."""
+    command prints first, with the real port. Stopped by SIGINT (Ctrl-C), it raises
+    ``KeyboardInterrupt`` once the server has closed, so that a command says it was
+    interrupted (exit 130); SIGTERM is an orderly stop."""
     loop = asyncio.get_running_loop()
     stop = stop or loop.create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, _resolve, stop)
+            loop.add_signal_handler(sig, _resolve, stop, sig)
     async with server as running:
         host, port = next(iter(running.sockets)).getsockname()[:2]
         ready(first_line(ws_url(host, port)))
-        await stop
+        stopped_by = await stop
+    if stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

@@ -218,3 +218,26 @@ def test_a_closed_stdout_pipe_exits_0_silently(tmp_path: Path, args: list[str]) 
     command = shlex.join([RTCAP, *args, "--captures", str(root)])
     shell = f"{command} | head -1 >/dev/null; echo ${{PIPESTATUS[0]}}"
     assert subprocess.run(["bash", "-c", shell], capture_output=True, text=True, env=environ()).stdout == "0\n"
+
+
+@pytest.mark.parametrize("server", ["proxy", "simulate", "serve"])
+def test_ctrl_c_stops_a_server_command_with_130(tmp_path: Path, server: str) -> None:
+    root = tmp_path / "captures"
+    write_corpus(root, count=1, messages=10)
+    [served] = root.rglob("*.msgpack")
+    args = {
+        "proxy": ["proxy", "--upstream", "ws://127.0.0.1:9/v1"],
+        "simulate": ["simulate"],
+        "serve": ["serve", str(served)],
+    }[server]
+    job = start(*args, "--listen", "127.0.0.1:0", "--captures", str(root))
+    assert job.stdout is not None and "ws://127.0.0.1:" in job.stdout.readline()  # listening
+    os.killpg(job.pid, signal.SIGINT)
+    out, err = job.communicate(timeout=30)
+    assert (job.returncode, err) == (130, "rtcap: error: interrupted\n"), (out, err)
+    assert poll(lambda: not alive_in_session(job.pid), 10) == True, alive_in_session(job.pid)  # noqa: E712
+    # SIGTERM is an orderly stop.
+    job = start(*args, "--listen", "127.0.0.1:0", "--captures", str(root))
+    assert job.stdout is not None and "ws://127.0.0.1:" in job.stdout.readline()
+    job.terminate()
+    assert job.wait(timeout=30) == 0

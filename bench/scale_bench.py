@@ -12,8 +12,8 @@ cause). For each, in processes of their own (wall time and peak RSS):
   dataset), query, ``rtcap precursors``;
 - Spark local (``local[*]``): index (the first ``rtcap query --engine spark``: the dataset
   published beside the local index, Spark started, the query), query (the same again: a
-  Spark of its own started, the query), and the query alone in a Spark already started.
-  ``precursors --engine spark`` is not built yet: not measured.
+  Spark of its own started, the query), ``precursors --engine spark`` (the windows described
+  in Spark's Python workers), and the query alone in a Spark already started.
 
 Run: ``make bench`` (or ``.venv/bin/python bench/scale_bench.py [--sessions N]``).
 """
@@ -106,9 +106,10 @@ def main() -> int:
                 ("duckdb s3", "precursors", [rtcap, "precursors", *remote]),
                 ("spark local", "index", [rtcap, "query", QUESTION, "--engine", "spark", *local]),
                 ("spark local", "query", [rtcap, "query", QUESTION, "--engine", "spark", *local]),
+                ("spark local", "precursors", [rtcap, "precursors", "--engine", "spark", *local]),
             ]
             for engine, step, command in steps:
-                seconds, rss, _ = measure(command, env)
+                seconds, rss, _, _ = measure(command, env)
                 rows.setdefault((engine, step), []).append(seconds)
                 print(f"  {size:>4} {engine:<12} {step:<11} {seconds:7.2f} s, peak RSS {rss:5.0f} MB", flush=True)
             alone = _spark_query_alone(root)

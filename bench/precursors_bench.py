@@ -44,7 +44,7 @@ def main() -> int:
             root = work / "captures"
             corpus(root, sessions, args.messages)
             measure([rtcap, "query", "SELECT count(*) FROM events", "--captures", str(root), "--format", "csv"])
-            seconds, rss, out = measure([rtcap, "precursors", "--captures", str(root), "--format", "json"])
+            seconds, rss, out, _ = measure([rtcap, "precursors", "--captures", str(root), "--format", "json"])
         finally:
             shutil.rmtree(work, ignore_errors=True)
         document = json.loads(out)

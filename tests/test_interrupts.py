@@ -236,6 +236,8 @@ def test_ctrl_c_stops_a_server_command_with_130(tmp_path: Path, server: str) -> 
     out, err = job.communicate(timeout=30)
     assert (job.returncode, err) == (130, "rtcap: error: interrupted\n"), (out, err)
     assert poll(lambda: not alive_in_session(job.pid), 10) == True, alive_in_session(job.pid)  # noqa: E712
+    if server != "proxy":
+        return  # the same stop for every server command (recorder.serving)
     # SIGTERM is an orderly stop.
     job = start(*args, "--listen", "127.0.0.1:0", "--captures", str(root))
     assert job.stdout is not None and "ws://127.0.0.1:" in job.stdout.readline()

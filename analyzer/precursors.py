@@ -34,6 +34,7 @@ back is a row a window, and the thresholds and the statistics are computed here.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -559,8 +560,10 @@ def analyse(
     from .views import Captures
 
     engine = DuckDB(captures) if isinstance(captures, Captures) else captures
-    found = turns(engine, failure, first_failures_only)
-    describe(engine, found, window_seconds, window_events)
+    # DuckDB's statements share one connection (Captures.batch); another engine has its own.
+    with captures.batch() if isinstance(captures, Captures) else contextlib.nullcontext():
+        found = turns(engine, failure, first_failures_only)
+        describe(engine, found, window_seconds, window_events)
     n_fail = sum(w.failed for w in found)
     n_ctrl = len(found) - n_fail
     members: dict[str, set[int]] = defaultdict(set)

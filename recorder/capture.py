@@ -422,7 +422,7 @@ def _records(
     want_header = start == 0  # until a record is accepted: the header must come first
     # The splices' rule, from where valid_message keeps it (one rule, one place).
     fast = _DECODE_MESSAGE if decode is _decode_v1 else None  # it checks version 1's layout
-    valid_splices = records._valid_splices
+    valid_splices = records.valid_splices
     batch: list[Any] = []
     stop = start
     with memoryview(data) as view:

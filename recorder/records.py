@@ -58,11 +58,14 @@ def valid_message(record: Any) -> bool:
         and type(payload) is bytes
         and type(flags) is int
         and 0 <= flags <= INT64_MAX
-        and (splices is None or _valid_splices(splices, flags, len(payload)))
+        and (splices is None or valid_splices(splices, flags, len(payload)))
     )
 
 
-def _valid_splices(splices: Any, flags: int, size: int) -> bool:
+def valid_splices(splices: Any, flags: int, size: int) -> bool:
+    """Whether a message record's ``splices`` fit its ``flags`` and a payload of ``size``
+    bytes (the splice part of :func:`valid_message`, for readers that check the rest
+    themselves)."""
     # Offsets must rise: a message is rebuilt by cutting its payload at them in order.
     if type(splices) is not list:
         return False

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from recorder import __version__, events
+from recorder import __version__, events, telemetry, turns
 from recorder.capture import RECEIVED, SENT, Capture
 from recorder.session import SessionRecorder, capture_path, open_sink
 
@@ -418,7 +418,7 @@ def _query(url: str) -> list[dict[str, str]]:
 def _server_session_id(capture: Capture) -> str | None:
     for message in capture.messages[:8]:
         event = events.parse(message.payload) if message.direction == "received" else None
-        if events.event_type(event) == "session.created":
-            found = events.dig(event, ("session", "id"))
+        if events.event_type(event) == turns.SESSION_CREATED:
+            found = events.dig(event, telemetry.SESSION_ID_PATH)
             return found if isinstance(found, str) else None
     return None

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from recorder import events
+from recorder import events, telemetry, turns
 from recorder.capture import Capture, CaptureError, make_private_dirs, read_capture
 from recorder.session import capture_path
 
@@ -51,10 +51,10 @@ def server_session_id(path: Path) -> str | None:
     except CaptureError:
         return None
     for message in capture.messages:
-        if message.direction == events.RECEIVED and b"session.created" in message.payload:
+        if message.direction == events.RECEIVED and turns.SESSION_CREATED.encode() in message.payload:
             event = events.parse(message.data())
-            session_id = events.dig(event, ("session", "id")) if event else None
-            if events.event_type(event) == "session.created" and isinstance(session_id, str):
+            session_id = events.dig(event, telemetry.SESSION_ID_PATH) if event else None
+            if events.event_type(event) == turns.SESSION_CREATED and isinstance(session_id, str):
                 return session_id
     return None
 

@@ -79,14 +79,9 @@ def session_trace(capture: Capture, content: bool = False) -> SessionTrace:
     end = capture.end or {}
     end_t: int = end["t_ns"] if isinstance(end.get("t_ns"), int) else 0
     last_t = max([t for _, t, _, _ in parsed] + [end_t])
-    server_session = next(
-        (events.dig(e, ("session", "id")) for _, _, d, e in parsed if events.event_type(e) == "session.created"),
-        None,
-    )
-    model = next(
-        (events.dig(e, ("session", "model")) for _, _, d, e in parsed if events.event_type(e) == "session.created"),
-        None,
-    )
+    created = next((e for _, _, _, e in parsed if events.event_type(e) == turns.SESSION_CREATED), None)
+    server_session = events.dig(created, telemetry.SESSION_ID_PATH)
+    model = events.dig(created, telemetry.SESSION_MODEL_PATH)
     url = capture.header.get("url")
     common = {"rtcap.session_id": sid, "gen_ai.provider.name": telemetry.VENDORS[telemetry.vendor(url)]}
     if isinstance(server_session, str):

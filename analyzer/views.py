@@ -189,10 +189,10 @@ FROM (
 CREATE TEMP VIEW _sessions AS
 WITH created AS (
     SELECT session_id,
-           any_value(payload::JSON->'session'->>'id') AS server_session_id,
-           any_value(payload::JSON->'session'->>'model') AS model,
-           any_value(TRY_CAST(payload::JSON->'session'->>'expires_at' AS BIGINT)) AS expires
-    FROM _events WHERE type = 'session.created' GROUP BY ALL
+           any_value({json_path("payload::JSON", telemetry.SESSION_ID_PATH)}) AS server_session_id,
+           any_value({json_path("payload::JSON", telemetry.SESSION_MODEL_PATH)}) AS model,
+           any_value(TRY_CAST({json_path("payload::JSON", telemetry.SESSION_EXPIRES_PATH)} AS BIGINT)) AS expires
+    FROM _events WHERE type = '{turns.SESSION_CREATED}' GROUP BY ALL
 ), counts AS (
     SELECT session_id, count(*) AS messages, count(*) FILTER (WHERE direction = '{events.SENT}') AS sent,
            count(*) FILTER (WHERE direction = '{events.RECEIVED}') AS received, sum(bytes) AS bytes

@@ -1,5 +1,5 @@
-"""What realtime events mean for telemetry: a response's token usage, the rate limits a
-server reports, and the vendor a URL belongs to.
+"""What realtime events mean for telemetry: the session's id and model, a response's token
+usage, the rate limits a server reports, and the vendor a URL belongs to.
 
 This is :mod:`recorder.events`' section on telemetry, kept in a module of its own because
 ``events.py`` is at its size limit (as :mod:`recorder.turns` is). ``rtcap otel`` reads its
@@ -25,6 +25,12 @@ USAGE_FIELDS = {
     "input_cached_tokens": ("input_token_details", "cached_tokens"),
 }
 """Each count of a response's usage, and where the usage object keeps it."""
+
+SESSION_ID_PATH = ("session", "id")
+SESSION_MODEL_PATH = ("session", "model")
+SESSION_EXPIRES_PATH = ("session", "expires_at")
+"""Where ``session.created`` names the server's session id (``sess_...``), the model, and
+when the session expires (epoch seconds)."""
 
 RATE_LIMITS_UPDATED = "rate_limits.updated"
 RATE_LIMIT_FIELDS = ("limit", "remaining", "reset_seconds")

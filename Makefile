@@ -64,7 +64,9 @@ test: $(VENV)/.installed-test $(VENV)/websockets-oldest/.installed $(VENV)/webso
 		$(VENV)/aiohttp-oldest/.installed $(VENV)/aiohttp-newest/.installed $(VENV)/websocket-client/.installed \
 		.venv-livekit/.installed .venv-pipecat/.installed tests/node/node_modules/.installed
 	# Two workers for the two cores, a test file to each (its module fixtures stay whole).
-	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+	# Bytecode is cached even where PYTHONDONTWRITEBYTECODE is set (this machine's kind sets
+	# it): otherwise each worker and each rtcap the tests start compiles rtcap's modules anew.
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # mitmproxy 11.0.2 (the last release for Python 3.11) in its own venv: the benchmark's slow baseline.
 PYTHON311 := $(shell command -v python3.11 || command -v python3)

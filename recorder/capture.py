@@ -162,8 +162,6 @@ class CaptureWriter:
     ) -> None:
         """Append one message record: the bytes ``write(message_record(...))`` writes, in
         one ``write`` call (``writev`` of header and body measured slower than joining them)."""
-        if self._fd is None:
-            raise OSError(errno.EBADF, "capture file is closed")
         packer = self._packer
         try:
             packer.pack([MESSAGE, seq, t_ns, direction, opcode, payload, splices, flags])
@@ -171,9 +169,7 @@ class CaptureWriter:
                 record = _FRAME.pack(SYNC, len(body), crc32(body)) + body
         finally:
             packer.reset()
-        written = os.write(self._fd, record)
-        if written != len(record):
-            raise OSError(errno.ENOSPC, f"short write to {self.path} ({written} of {len(record)} bytes)")
+        self.write(record)
 
     def close(self) -> None:
         """Close the file, which releases its lock."""

@@ -55,6 +55,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole, in order
 
 
+class ListSink:
+    """A recorder's sink that keeps the records it is given, in memory."""
+
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.records.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def bytes(self) -> bytes:
+        return b"".join(self.records)
+
+
 @pytest.fixture(autouse=True)
 def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # websockets' connect honours HTTPS_PROXY; tests talk to loopback only.

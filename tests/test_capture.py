@@ -25,23 +25,9 @@ from recorder.capture import (
     read_columns,
 )
 from recorder.session import RECEIVED, SENT, SessionRecorder, capture_path, new_session_id, parse_labels
+from tests.conftest import ListSink
 
 DATA = Path(__file__).parent / "data"
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.records.append(data)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def bytes(self) -> bytes:
-        return b"".join(self.records)
 
 
 def record(messages: list[tuple[int, str | bytes]], **kwargs: object) -> tuple[ListSink, SessionRecorder]:

@@ -24,19 +24,8 @@ from recorder import shim
 from recorder.capture import Capture, parse, read_capture
 from recorder.redact import REDACTED, Redactor, Scrubber, redact_tools
 from recorder.session import RECEIVED, SENT, SessionRecorder
-from tests.conftest import REALTIME, EchoServer
+from tests.conftest import REALTIME, EchoServer, ListSink
 from tests.test_proxy import only_capture, wait_for
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.records.append(data)
-
-    def close(self) -> None:
-        pass
 
 
 def record(

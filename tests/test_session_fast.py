@@ -20,21 +20,11 @@ from hypothesis import strategies as st
 
 from recorder.capture import RECEIVED, SENT, CaptureWriter, read_capture
 from recorder.session import SessionRecorder, _decode_exact
+from tests.conftest import ListSink
 
 SECRET = "sk-proj-Fast0Path1Secret2Value3"
 APPEND = "input_audio_buffer.append"
 DELTA = "response.output_audio.delta"
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.records.append(data)
-
-    def close(self) -> None:
-        pass
 
 
 class Parsing(SessionRecorder):

@@ -29,7 +29,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import math
 import os
 import random
 import subprocess
@@ -48,7 +47,7 @@ from websockets.server import ServerProtocol
 from websockets.uri import WebSocketURI, parse_uri
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_bench import BenchError, Child, load_average, start_bare, start_rtcap  # noqa: E402
+from proxy_bench import BenchError, Child, load_average, percentile, start_bare, start_rtcap  # noqa: E402
 
 try:
     import psutil
@@ -212,11 +211,6 @@ def start_echo(stack: contextlib.ExitStack) -> str:
 
 # ---------------------------------------------------------------------------
 # The run
-
-
-def percentile(samples: list[int], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 class Sampler:

@@ -130,19 +130,18 @@ def is_audio_delta(kind: str | None) -> bool:
     return kind is not None and kind.endswith("audio.delta")
 
 
+def audio_key(kind: str | None) -> str | None:
+    """The field of an event of type ``kind`` that holds its own base64 audio: an append's
+    ``audio``, an audio delta's ``delta``; None for other events."""
+    return "audio" if kind == AUDIO_APPEND else "delta" if is_audio_delta(kind) else None
+
+
 def audio_strings(event: Mapping[str, Any]) -> list[str]:
     """The base64 audio strings an event carries, in the order they appear in its text:
-    an append's ``audio``, an audio delta's ``delta``, audio content inside an item."""
-    kind = event_type(event)
-    found: list[str] = []
-    if kind == AUDIO_APPEND:
-        value = event.get("audio")
-        if isinstance(value, str) and value:
-            found.append(value)
-    elif is_audio_delta(kind):
-        value = event.get("delta")
-        if isinstance(value, str) and value:
-            found.append(value)
+    its own (:func:`audio_key`), then audio content inside an item."""
+    key = audio_key(event_type(event))
+    value = event.get(key) if key else None
+    found: list[str] = [value] if isinstance(value, str) and value else []
     item = event.get("item")
     if isinstance(item, dict) and isinstance(item.get("content"), list):
         for part in item["content"]:

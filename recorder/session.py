@@ -313,7 +313,7 @@ class SessionRecorder:
         if head is None:
             return self._parsed(direction, data)
         kind = head.group(1).decode()
-        key = b"audio" if kind == events.AUDIO_APPEND else b"delta" if events.is_audio_delta(kind) else None
+        key = events.audio_key(kind)
         if key is None:
             # (``find``, not ``in``: ``in`` first tries its operand as an integer, and
             # failing that costs an exception every time.)
@@ -327,7 +327,7 @@ class SessionRecorder:
                 return self._parsed(direction, data)
             return self._cut(direction, data, [], redacted=False)
         members = _AUDIO_MEMBERS.match(data, head.end())
-        if members is None or members.group(1) != key:
+        if members is None or members.group(1) != key.encode():
             return self._parsed(direction, data)
         start = members.end()
         end = data.find(b'"', start)

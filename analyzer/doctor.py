@@ -86,23 +86,18 @@ def diagnose(captures: Captures, session_id: str | None = None) -> pa.Table:
 
 
 def _checks(captures: Captures, session_id: str | None) -> list[dict[str, str]]:
-    params: list[Any] = []
-    if session_id:
-        where = "session_id = ?"
-        params.append(session_id)
-    else:
-        where = "true"
-    chosen = f"SELECT session_id FROM sessions WHERE {where}"
-    sessions = [
-        tuple(row.values())
-        for row in captures.sql(
-            "SELECT session_id, started_at, ended_at, expires_at, labels, close_code, state "
-            f"FROM sessions WHERE {where} ORDER BY started_at",
-            params,
-        ).to_pylist()
-    ]
+    # The sessions view is the costly one (its chains span every session): it is read once,
+    # and the statements after it name the chosen sessions by id.
+    every = captures.sql(
+        "SELECT session_id, started_at, ended_at, expires_at, duration_s, host, close_by, close_code, file, "
+        "chain_id FROM sessions ORDER BY started_at, session_id"
+    ).to_pylist()
+    sessions = [row for row in every if session_id is None or row["session_id"] == session_id]
     if not sessions:
         return []
+    ids = [row["session_id"] for row in sessions]
+    chosen = "SELECT unnest(?::VARCHAR[])"
+    params: list[Any] = [ids]
     server_types = [*events.SESSION_EVENTS, *_PAYLOAD_TYPES, *events.INPUT_ADDED[events.RECEIVED]]
     rows = captures.sql(
         f"""
@@ -130,35 +125,35 @@ def _checks(captures: Captures, session_id: str | None) -> list[dict[str, str]]:
         by_session[sid].append(
             (row["seq"], row["t_s"], audio_bytes, row["direction"], kind, row["bytes"], row["audio_ms"], event)
         )
-    tokens = {
-        row["session_id"]: row["tokens"]
-        for row in captures.sql(
-            "SELECT session_id, max(input_tokens) AS tokens FROM responses "
-            f"WHERE session_id IN ({chosen}) GROUP BY ALL",
-            params,
-        ).to_pylist()
-    }
+    tokens: dict[str, int] = {}
     outcomes: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    created: dict[tuple[str, str], int | None] = {}
     for row in captures.sql(
-        f"SELECT session_id, created_seq, status FROM responses WHERE session_id IN ({chosen}) "
-        "AND created_seq IS NOT NULL ORDER BY session_id, created_seq",
+        "SELECT session_id, response_id, created_seq, status, input_tokens FROM responses "
+        f"WHERE session_id IN ({chosen}) ORDER BY session_id, created_seq",
         params,
     ).to_pylist():
-        outcomes[row["session_id"]].append((row["created_seq"], row["status"]))
+        sid = row["session_id"]
+        created[sid, row["response_id"]] = row["created_seq"]
+        if row["input_tokens"] is not None:
+            tokens[sid] = max(tokens.get(sid, 0), row["input_tokens"])
+        if row["created_seq"] is not None:
+            outcomes[sid].append((row["created_seq"], row["status"]))
     failures = defaultdict(list)
     for row in captures.sql(
         f"""
-        SELECT f.session_id, f.seq, f.t_s, r.created_seq
-        FROM failures f LEFT JOIN responses r USING (session_id, response_id)
-        WHERE f.session_id IN ({chosen}) AND f.source IN (?, ?) AND (f.response_id IS NOT NULL OR f."class" = ?)
-        ORDER BY f.t_s
+        SELECT session_id, seq, t_s, response_id FROM failures
+        WHERE session_id IN ({chosen}) AND source IN (?, ?) AND (response_id IS NOT NULL OR "class" = ?)
+        ORDER BY t_s
         """,
         [*params, events.ERROR, events.RESPONSE_DONE, "server"],
     ).to_pylist():
-        failures[row["session_id"]].append((row["seq"], row["t_s"], row["created_seq"]))
-    linted = lint(captures, chosen, params)
+        response = created.get((row["session_id"], row["response_id"]))
+        failures[row["session_id"]].append((row["seq"], row["t_s"], response))
+    linted = lint(captures, sessions)
     out: list[dict[str, str]] = []
-    for sid, started, ended, expires, *_ in sessions:
+    for session in sessions:
+        sid, started, ended, expires = (session[k] for k in ("session_id", "started_at", "ended_at", "expires_at"))
         found = by_session[sid]
         out += [
             _audio_format(sid, found),
@@ -172,7 +167,7 @@ def _checks(captures: Captures, session_id: str | None) -> list[dict[str, str]]:
             _repeat_failures(sid, outcomes[sid]),
             *linted.get(sid, []),
         ]
-    out += _reconnects(captures, [s[0] for s in sessions])
+    out += _reconnects(captures, every, ids)
     return out
 
 
@@ -388,12 +383,9 @@ RECONNECT_S = 5.0
 """How soon after an abnormal close a new session from the same app is a reconnect."""
 
 
-def _reconnects(captures: Captures, chosen: list[str]) -> list[dict[str, str]]:
+def _reconnects(captures: Captures, found: list[dict[str, Any]], chosen: list[str]) -> list[dict[str, str]]:
     """Reconnects (see the module's docstring) for the ``chosen`` sessions; the sessions
-    they follow may be any in the views."""
-    found = captures.sql(
-        "SELECT session_id, started_at, ended_at, close_code, file, chain_id FROM sessions ORDER BY started_at"
-    ).to_pylist()
+    they follow may be any of ``found`` (every session of the views, by start)."""
     agents: dict[str, str | None] = {}
 
     def user_agent(session: dict[str, Any]) -> str | None:

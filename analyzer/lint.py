@@ -71,32 +71,27 @@ _PASS = {
 
 
 @batched
-def lint(captures: Captures, chosen: str, params: list[Any]) -> dict[str, list[dict[str, str]]]:
-    """The linter's rows for each session of ``chosen`` (a SQL query of session ids with
-    its ``params``), by session id, in :data:`CHECKS` order."""
+def lint(captures: Captures, sessions: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    """The linter's rows for each of ``sessions`` (rows of the sessions view, with
+    ``session_id, host, started_at, expires_at, duration_s, close_by``), by session id, in
+    :data:`CHECKS` order."""
+    ids = [session["session_id"] for session in sessions]
     found: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for row in captures.sql(
-        f"""
+        """
         SELECT session_id, seq, t_s, direction, type, payload::VARCHAR AS payload FROM events
-        WHERE session_id IN ({chosen}) AND type IS NOT NULL
+        WHERE session_id IN (SELECT unnest(?::VARCHAR[])) AND type IS NOT NULL
               AND (direction = ? OR (NOT ends_with(type, '.delta') AND type NOT LIKE 'conversation.item.input_audio%'))
         UNION ALL
         SELECT session_id, min(seq), arg_min(t_s, seq), ?, arg_min(type, seq), NULL FROM events
-        WHERE session_id IN ({chosen}) AND type IN (SELECT unnest(?::VARCHAR[])) GROUP BY session_id
+        WHERE session_id IN (SELECT unnest(?::VARCHAR[])) AND type IN (SELECT unnest(?::VARCHAR[]))
+        GROUP BY session_id
         ORDER BY session_id, seq
         """,
-        [*params, events.SENT, events.RECEIVED, *params, list(turns.FIRST_AUDIO)],
+        [ids, events.SENT, events.RECEIVED, ids, list(turns.FIRST_AUDIO)],
     ).to_pylist():
         found[row["session_id"]].append((row["seq"], row["t_s"], row["direction"], row["type"], row["payload"]))
-    meta = {
-        row["session_id"]: row
-        for row in captures.sql(
-            f"SELECT session_id, host, started_at, expires_at, duration_s, close_by FROM sessions "
-            f"WHERE session_id IN ({chosen})",
-            params,
-        ).to_pylist()
-    }
-    return {sid: _session(sid, found.get(sid, []), info) for sid, info in meta.items()}
+    return {sid: _session(sid, found.get(sid, []), session) for sid, session in zip(ids, sessions, strict=True)}
 
 
 def _session(sid: str, rows: list[tuple[Any, ...]], info: dict[str, Any]) -> list[dict[str, str]]:

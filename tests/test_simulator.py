@@ -22,6 +22,7 @@ from analyzer.sim.direct import DirectConnection, Ended
 from analyzer.sim.faults import ClientEvent, Context, RuleError, parse_rule
 from analyzer.sim.simsession import Send, SimSession, Stall, StartResponse
 from analyzer.sim.simulator import running
+from analyzer.sim.steps import ID_ALPHABET, Emitter
 from analyzer.sim.traffic import record, record_direct
 from analyzer.sim.voice import MS_PER_CHAR
 from recorder.capture import read_capture
@@ -167,6 +168,17 @@ def test_probability_is_seeded_and_about_right() -> None:
     draws = [rule.fires(context(), random.Random(f"7/{n}")) for n in range(2000)]
     assert draws == [rule.fires(context(), random.Random(f"7/{n}")) for n in range(2000)]
     assert 0.3 - 0.035 < sum(draws) / 2000 < 0.3 + 0.035  # 99% band for n=2000
+
+
+def test_ids_are_what_choice_would_draw() -> None:
+    # Seeded corpora stay as they were: an id is what 21 rng.choice calls draw, and the
+    # generator is left where they leave it.
+    for seed in range(50):
+        fast, plain = random.Random(seed), random.Random(seed)
+        emit = Emitter(fast)
+        for prefix in ("event", "item", "resp"):
+            assert emit.id(prefix) == f"{prefix}_" + "".join(plain.choice(ID_ALPHABET) for _ in range(21))
+        assert fast.random() == plain.random()
 
 
 @pytest.mark.parametrize(

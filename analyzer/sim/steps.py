@@ -94,8 +94,18 @@ class Emitter:
         self.rng = rng
 
     def id(self, prefix: str) -> str:
-        """A new id such as ``item_`` and 21 letters and digits."""
-        return f"{prefix}_" + "".join(self.rng.choice(ID_ALPHABET) for _ in range(21))
+        """A new id such as ``item_`` and 21 letters and digits: the id that 21 calls of
+        ``rng.choice(ID_ALPHABET)`` make, with the generator left where they leave it. It
+        draws as ``choice`` does (6 bits at a time, again when they name no letter) without
+        its two calls a letter: every event has an id, and this was a quarter of the time
+        seeded corpora took to make."""
+        bits = self.rng.getrandbits
+        letters = []
+        while len(letters) < 21:
+            drawn = bits(6)
+            if drawn < len(ID_ALPHABET):
+                letters.append(ID_ALPHABET[drawn])
+        return f"{prefix}_" + "".join(letters)
 
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
         """A server event of type ``kind`` with a new ``event_id``."""

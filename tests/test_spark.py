@@ -17,7 +17,6 @@ from click.testing import CliRunner
 from analyzer.cli import cli
 from analyzer.sim.traffic import record_direct
 
-
 QUICK_JIT = "-XX:TieredStopAtLevel=1"
 
 

@@ -100,7 +100,7 @@ class Emitter:
         its two calls a letter: every event has an id, and this was a quarter of the time
         seeded corpora took to make."""
         bits = self.rng.getrandbits
-        letters = []
+        letters: list[str] = []
         while len(letters) < 21:
             drawn = bits(6)
             if drawn < len(ID_ALPHABET):

@@ -93,12 +93,18 @@ def peaks(
 
 @batched
 def page_data(
-    captures: Captures, capture: Capture, *, audio: str | None = "embed", focus: int | None = None
+    captures: Captures,
+    capture: Capture,
+    *,
+    audio: str | None = "embed",
+    focus: int | None = None,
+    checks: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """What the page draws, for ``capture`` (indexed in ``captures``). ``audio`` is
     ``"embed"`` (WAVs as data URLs), ``None`` (no playback) or a URL prefix to which
     ``input.wav``/``output.wav`` is added. ``focus`` is the seq the page opens at
-    without a ``#seq=`` of its own."""
+    without a ``#seq=`` of its own. ``checks``: the session's doctor rows, when the caller
+    has them already (else they are found here)."""
     sid = capture.session_id
     [session] = plain_rows(captures.sql("SELECT * FROM sessions WHERE session_id = ?", [sid])) or [{}]
     messages = captures.sql(
@@ -126,7 +132,7 @@ def page_data(
         )
     )
     findings = []
-    for check in diagnose(captures, sid).to_pylist():
+    for check in diagnose(captures, sid).to_pylist() if checks is None else checks:
         if check["status"] != "pass":
             seqs = [s for s in pinned_seqs(check["evidence"]) if s in t_of]
             findings.append({**check, "seqs": seqs, "t_s": [t_of[s] for s in seqs]})

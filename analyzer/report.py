@@ -44,7 +44,7 @@ def build(captures: Captures, capture: Capture, output: Path) -> dict[str, Any]:
         center = first["seq"] if first["seq"] is not None else len(exported) - 1
         around = [row for row in exported if abs(row["seq"] - center) <= AROUND]
     story = readme(session, first, failures, checks, len(exported))
-    page = render(page_data(captures, capture, focus=focus_seq(captures, session_id)))
+    page = render(page_data(captures, capture, focus=focus_seq(captures, session_id), checks=checks))
     with private_file(output, binary=True) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         bundle.writestr("README.txt", story)
         bundle.write(path, f"capture/{path.name}")

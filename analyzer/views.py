@@ -347,9 +347,7 @@ class Captures:
                 con.register("_all_events", ds.dataset(parts, format="parquet"))
             else:
                 con.execute(f"CREATE TEMP VIEW _all_events AS {_EMPTY_EVENTS}")
-            con.register("_all_manifest", manifest)
-            kept = "true" if self.include_replays else f"coalesce(recorder NOT IN {in_list(REPLAY_RECORDERS)}, true)"
-            con.execute(f"CREATE TEMP VIEW _manifest AS SELECT * FROM _all_manifest WHERE {kept}")
+            con.register("_manifest", self._kept(manifest))
             con.execute(
                 "CREATE TEMP VIEW _events AS SELECT * FROM _all_events"
                 + ("" if self.include_replays else " WHERE session_id IN (SELECT session_id FROM _manifest)")
@@ -361,6 +359,25 @@ class Captures:
             con.close()
             raise
         return con
+
+    def _kept(self, manifest: pa.Table) -> pa.Table:
+        """The rows of ``manifest`` the views hold: replays left out unless asked for."""
+        if self.include_replays:
+            return manifest
+        import pyarrow.compute as pc
+
+        replay = pc.is_in(manifest["recorder"], pa.array(REPLAY_RECORDERS))  # a missing recorder is no replay
+        return manifest.filter(pc.invert(pc.fill_null(replay, False)))
+
+    def version(self) -> dict[str, Any]:
+        """``{"n": sessions, "last": the greatest session id}`` of the views, from the
+        index's manifest alone (no statement): what changes when a session comes or goes,
+        cheap enough to ask every second of a large root."""
+        import pyarrow.compute as pc
+
+        with self.index.reading():
+            ids = self._kept(self.index.snapshot()[0])["session_id"]
+        return {"n": len(ids), "last": pc.max(ids).as_py()}
 
     def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
         """Run one reading statement; returns its rows as an Arrow table."""

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from analyzer.cli import cli
+from analyzer.views import open_captures
 from recorder.session import RECEIVED, SENT
 from tests.test_files import FAILED_DONE
 
@@ -87,6 +88,11 @@ def test_replays_are_left_out_unless_asked_for(original: Path, make_capture, cap
     assert shown.exit_code == 0 and "FAILED" in shown.output
     doctor = run("doctor", replay.stem, "--captures", str(captures), "--format", "json")
     assert {row["session_id"] for row in json.loads(doctor.stdout)} == {replay.stem}
+    # The UI's change check, read off the manifest, counts as the sessions view does.
+    for replays in (False, True):
+        opened = open_captures(captures, include_replays=replays)
+        [counted] = opened.sql("SELECT count(*) AS n, max(session_id) AS last FROM sessions").to_pylist()
+        assert opened.version() == counted and counted["n"] == (3 if replays else 1)
 
 
 def lines_of(result) -> list[list[str]]:

@@ -205,8 +205,7 @@ def create_app(root: Path, *, token: str | None = None, include_replays: bool = 
         )
 
     def version(request: Request) -> Response:
-        [row] = live.get().sql("SELECT count(*) AS n, max(session_id) AS last FROM sessions").to_pylist()
-        return JSONResponse(row)
+        return JSONResponse(live.get().version())
 
     def _capture(ref: str, max_messages: int | None = None) -> Any:
         """The capture of the root that ``ref`` names (an id, a prefix, a ``sess_`` id;

@@ -283,8 +283,11 @@ def test_a_replay_that_diverged_before_the_failure_is_inconclusive_not_transient
     root = tmp_path / "captures"
     capture = read_capture(record_failing_pair(simulator.url, root))
     # asap sends the second response.create while the first response runs: the server
-    # refuses it, and the second response, the one that failed, never happens.
-    result = run(capture, to=simulator.url, captures=root, pace="asap", speed=100, timeout=0.5)
+    # refuses it, and the second response, the one that failed, never happens. The first
+    # response stalls at its start for 0.3 s, so that it is still running however late a
+    # loaded machine lets the second request through (without, it could end first).
+    slow = start_simulator("fail nth=2", "stall nth=1 at=0 seconds=300")
+    result = run(capture, to=slow.url, captures=root, pace="asap", speed=100, timeout=0.5)
     [replayed] = result["replays"]
     assert not replayed["reproduced"] and replayed["diverged_at"]["got"] == "error"
     assert replayed["diverged_at"]["recorded_seq"] < result["target"]["seq"]

@@ -199,11 +199,14 @@ def test_ship_takes_no_credentials_as_options() -> None:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Seeded simulated traffic with a planted cause (a clear before the failures)."""
+    """Seeded simulated traffic with a planted cause (a clear before the failures), recorded
+    without audio bytes (as --no-audio does): a tenth of the size to ship and fetch, and
+    every reading command answers from lengths and events alike."""
     from analyzer.sim.traffic import record_direct
 
     root = tmp_path_factory.mktemp("planted") / "captures"
-    record_direct(root, ["fail p=0.04", "fail sent=input_audio_buffer.clear p=0.9"], sessions=40, seed=11)
+    rules = ["fail p=0.04", "fail sent=input_audio_buffer.clear p=0.9"]
+    record_direct(root, rules, sessions=40, seed=11, audio=False)
     return root
 
 

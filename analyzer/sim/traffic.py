@@ -213,6 +213,7 @@ def record_direct(
     conversation: bool = True,
     log: list[Connection] | None = None,
     vad: bool = False,
+    audio: bool = True,
 ) -> None:
     """Record ``sessions`` varied sessions into ``root`` as :func:`record` does, without
     a socket: each runs on a fake clock in simulated real time (a response takes its
@@ -230,7 +231,8 @@ def record_direct(
     ``conversation`` is false; the client gives up after :data:`MAX_RECONNECTS`. ``log``
     receives a :class:`Connection` for every connection made: the simulator's own account
     of its reconnects and its timing. With ``vad``, the client leaves turn detection on and
-    lets the server's VAD end its turns (:func:`vad_turn`)."""
+    lets the server's VAD end its turns (:func:`vad_turn`). Without ``audio``, the
+    captures keep audio lengths but not the audio, as ``--no-audio`` records them."""
     simulator = Simulator(faults, seed=seed)
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -244,7 +246,9 @@ def record_direct(
         previous: Connection | None = None
         for attempt in range(MAX_RECONNECTS + 1):
             session = simulator.new_session(path, (), now=0.0)
-            recorder = SessionRecorder.create(root, url=url, request_headers=[], recorder="proxy", labels=tags)
+            recorder = SessionRecorder.create(
+                root, url=url, request_headers=[], recorder="proxy", labels=tags, audio=audio
+            )
             connection = DirectConnection(session, recorder)
             connection.open(wall if reconnect is not None else None)
             previous = Connection(recorder.session_id, n, previous.session_id if previous else None, connection, wall)

@@ -34,19 +34,19 @@ REALTIME = "/v1/realtime?model=gpt-realtime"
 SLOWEST_FIRST = (
     "test_precursors.py",
     "test_spark.py",
-    "test_confounds.py",
     "test_store.py",
-    "test_ui.py",
-    "test_paths.py",
-    "test_files.py",
-    "test_doctor.py",
-    "test_lint.py",
-    "test_stacks.py",
-    "test_sandbox.py",
-    "test_chains.py",
+    "test_confounds.py",
     "test_interrupts.py",
+    "test_ui.py",
+    "test_stacks.py",
+    "test_analyzer.py",
+    "test_sandbox.py",
+    "test_shim.py",
     "test_damage.py",
     "test_page.py",
+    "test_doctor.py",
+    "test_paths.py",
+    "test_replay.py",
 )
 
 
